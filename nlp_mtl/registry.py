@@ -1,0 +1,48 @@
+"""Registries that map a name used in YAML to the class that implements it.
+
+A new task type, head or data format is one module with one decorator; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str, where: str = "") -> T:
+        if name not in self._entries:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(
+                f"{prefix}unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
+                f"expected one of: {', '.join(sorted(self._entries))}."
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+TASK_TYPES: Registry = Registry("task type")
+HEADS: Registry = Registry("head type")
+READERS: Registry = Registry("data format")

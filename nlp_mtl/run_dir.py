@@ -1,0 +1,67 @@
+"""The layout of a run directory, in one place.
+
+    RUN_DIR/
+      experiment.json        resolved experiment config with every task spec inlined
+      model/                 final MultiTaskModel (save_pretrained format)
+      checkpoints/best/      best model by mean validation metric
+      metrics.jsonl          training and validation metrics, one JSON object per line
+      reports/               <task>.<split>.txt/.json, summary.<split>.txt/.json
+      FINISHED               written last: the run completed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig, TaskSpec, data_root
+from .errors import UserError
+from .evaluation.reports import atomic_write
+from .schema import from_mapping, to_mapping
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    model_dir = property(lambda self: self.path / "model")
+    best_dir = property(lambda self: self.path / "checkpoints" / "best")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    experiment_path = property(lambda self: self.path / "experiment.json")
+    finished_path = property(lambda self: self.path / "FINISHED")
+
+    def prepare_new(self, overwrite: bool) -> None:
+        """Refuse to train into a directory that holds a finished run unless told to."""
+        if self.finished_path.exists() and not overwrite:
+            raise UserError(
+                f"{self.path}: holds a finished run; pass --overwrite to replace it or choose another --output-dir."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in (self.finished_path, self.metrics_path):
+            stale.unlink(missing_ok=True)
+
+    def write_experiment(self, config: ExperimentConfig, specs: list[TaskSpec]) -> None:
+        payload = {
+            "config": to_mapping(config),
+            "config_source": config.source,
+            "data_root": str(data_root(config)),
+            "tasks": [{**to_mapping(spec), "source": spec.source} for spec in specs],
+        }
+        atomic_write(self.experiment_path, json.dumps(payload, indent=2) + "\n")
+
+    def read_experiment(self) -> tuple[ExperimentConfig, list[TaskSpec], Path]:
+        if not self.experiment_path.is_file():
+            raise UserError(f"{self.path}: not a run directory (no experiment.json).")
+        payload: dict[str, Any] = json.loads(self.experiment_path.read_text())
+        config = replace(from_mapping(ExperimentConfig, payload["config"], str(self.experiment_path)),
+                         source=payload.get("config_source", ""))
+        specs = []
+        for raw in payload["tasks"]:
+            source = raw.pop("source", "")
+            specs.append(replace(from_mapping(TaskSpec, raw, str(self.experiment_path)), source=source))
+        return config, specs, Path(payload["data_root"])
+
+    def mark_finished(self, seconds: float) -> None:
+        atomic_write(self.finished_path, json.dumps({"seconds": round(seconds, 1)}) + "\n")

@@ -1,0 +1,10 @@
+"""Task types: what a kind of task reads, how it is tokenised, decoded and scored.
+
+Importing this package registers the built-in types; a new type is one module here with
+``@TASK_TYPES.register("name")``.
+"""
+
+from . import sequence_classification, token_classification  # noqa: F401
+from .base import TaskReport, TaskType
+
+__all__ = ["TaskReport", "TaskType"]

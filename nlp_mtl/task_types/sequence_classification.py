@@ -1,0 +1,70 @@
+"""Sequence classification, single sentence or sentence pair, scored by scikit-learn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from ..data.encoding import EncodedSplit, Ragged
+from ..config import TaskSpec
+from ..data.readers import Roles, Row
+from ..registry import TASK_TYPES
+from .base import TaskReport
+
+
+class SequenceClassification:
+    roles = Roles(required=("text", "label"), optional=("text_pair",))
+    head = "sequence_classification"
+    default_metric = "accuracy"
+
+    def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
+        label2id = {label: i for i, label in enumerate(labels)}
+        pairs = any("text_pair" in r for r in rows)
+        ids, types, truncated = [], [], 0
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            texts = [r["text"] for r in chunk]
+            args = (texts, [r.get("text_pair", "") for r in chunk]) if pairs else (texts,)
+            # Measured untruncated first, so that truncation is counted, never silent.
+            full = tokenizer(*args, truncation=False, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+            truncated += sum(len(x) > max_length for x in full)
+            enc = tokenizer(*args, truncation=True, max_length=max_length)
+            ids.extend(enc["input_ids"])
+            if pairs and "token_type_ids" in enc:
+                types.extend(enc["token_type_ids"])
+        return EncodedSplit(
+            input_ids=Ragged.from_lists(ids),
+            labels=np.array([label2id[r["label"]] for r in rows], dtype=np.int64),
+            token_type_ids=Ragged.from_lists(types) if types else None,
+            truncated=truncated,
+        )
+
+    def decode_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        return list(logits.argmax(-1).cpu().numpy()[:, None])
+
+    def report(self, spec: TaskSpec, split: str, rows: list[Row], encoded: EncodedSplit,
+               predictions: list[np.ndarray], labels: list[str]) -> TaskReport:
+        gold = np.asarray(encoded.labels)
+        pred = np.array([int(p[0]) for p in predictions])
+        ids = list(range(len(labels)))
+        kwargs: dict[str, Any] = {"labels": ids, "target_names": labels, "zero_division": 0}
+        text = classification_report(gold, pred, digits=4, **kwargs)
+        details = classification_report(gold, pred, output_dict=True, **kwargs)
+        metrics = {
+            "accuracy": float(accuracy_score(gold, pred)),
+            "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
+            "weighted_f1": float(f1_score(gold, pred, labels=ids, average="weighted", zero_division=0)),
+            "examples": len(rows),
+            "truncated": int(encoded.truncated),
+        }
+        confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        np.add.at(confusion, (gold, pred), 1)
+        details = {k: ({m: float(v) for m, v in d.items()} if isinstance(d, dict) else float(d)) for k, d in details.items()}
+        details["confusion_matrix"] = {"labels": labels, "matrix": confusion.tolist()}
+        return TaskReport(task=spec.name, split=split, metrics=metrics, text=text, details=details)
+
+
+TASK_TYPES.register("sequence_classification")(SequenceClassification())
