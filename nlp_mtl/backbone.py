@@ -40,17 +40,21 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_encoder(name_or_path: str) -> Any:
+def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
+    """``safetensors_only`` for directories we wrote: a planted pickle there is refused."""
     from transformers import AutoConfig, AutoModel
 
     _quiet_transformers()
     config = AutoConfig.from_pretrained(name_or_path)
     # BERT's pooler is unused by our heads; leaving it out avoids 'unused parameter' errors in DDP.
-    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "electra", "xlm-roberta") else {}
+    kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
+    if safetensors_only:
+        kwargs["use_safetensors"] = True
     try:
         return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
     except TypeError:
-        return AutoModel.from_pretrained(name_or_path, config=config)
+        kwargs.pop("add_pooling_layer", None)
+        return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import UserError
 
 EXAMPLES = {
-    "train": "example: nlp-mtl train configs/conll_trec_sst2.yaml --output-dir runs/joint --set training.lr=3e-5",
+    "train": "example: nlp-mtl train configs/conll_trec_sst2.yaml --output-dir runs/joint --set training.lr=3e-5\n"
+             "         nlp-mtl train --resume runs/joint",
     "evaluate": "example: nlp-mtl evaluate runs/joint --split test",
     "predict": 'example: nlp-mtl predict runs/joint --text "John lives in Berlin." --text "What is the capital of Peru?"',
     "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train on the tasks of an experiment config", epilog=EXAMPLES["train"], formatter_class=fmt)
-    p.add_argument("config", help="experiment config YAML")
+    p.add_argument("config", nargs="?", help="experiment config YAML (not needed with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--output-dir", help="run directory (default: output_dir in the config, else runs/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. training.lr=3e-5 (repeatable)")
@@ -74,11 +76,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .run_dir import RunDir
     from .training import train
 
-    config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-    output = args.output_dir or config.output_dir or f"runs/{config.name}"
-    run = RunDir(output)
-    run.prepare_new(args.overwrite)
-    result = train(config, run, quiet=args.quiet)
+    if args.resume:
+        from dataclasses import replace
+
+        run = RunDir(args.resume)
+        config, _, root = run.read_experiment()
+        if args.config or args.overrides:
+            raise UserError("train --resume RUN_DIR takes its config from the run; drop CONFIG and --set.")
+        if run.finished_path.exists():
+            raise UserError(f"{run.path}: this run already finished; nothing to resume.")
+        config = replace(config, data=replace(config.data, root=str(Path(args.data_root or root).resolve())))
+        result = train(config, run, quiet=args.quiet, resume=True)
+    else:
+        if not args.config:
+            raise UserError("train: give an experiment CONFIG, or --resume RUN_DIR.")
+        config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
+        run = RunDir(args.output_dir or config.output_dir or f"runs/{config.name}")
+        result = train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
     return 0

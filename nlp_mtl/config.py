@@ -133,6 +133,11 @@ class TrainingConfig:
     evaluations: int = 3
     eval_every: int | None = None
     log_every: int = 50
+    # A resumable checkpoint (model, optimizer, scheduler, sampler position, RNG) every N steps
+    # and at every validation; 0 turns the periodic one off.
+    checkpoint_every: int = 500
+    # A non-finite loss either stops training (naming task and step) or skips that batch.
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     group_by_length: bool = True
 
     def validate(self, where: str) -> None:
@@ -146,6 +151,8 @@ class TrainingConfig:
             raise ConfigError(f"{where}.head_lr: expected a number > 0, got {self.head_lr}.")
         if self.steps is not None and self.steps <= 0:
             raise ConfigError(f"{where}.steps: expected an integer > 0, got {self.steps}.")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"{where}.checkpoint_every: expected an integer >= 0, got {self.checkpoint_every}.")
         if self.eval_every is not None and self.eval_every <= 0:
             raise ConfigError(f"{where}.eval_every: expected an integer > 0, got {self.eval_every}.")
         if not 0 <= self.warmup_ratio < 1:

@@ -4,6 +4,7 @@
       experiment.json        resolved experiment config with every task spec inlined
       model/                 final MultiTaskModel (save_pretrained format)
       checkpoints/best/      best model by mean validation metric
+      checkpoints/last/      resumable state: model, optimizer, scheduler, sampler position, RNG
       metrics.jsonl          training and validation metrics, one JSON object per line
       reports/               <task>.<split>.txt/.json, summary.<split>.txt/.json
       FINISHED               written last: the run completed
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,29 @@ class RunDir:
 
     model_dir = property(lambda self: self.path / "model")
     best_dir = property(lambda self: self.path / "checkpoints" / "best")
+    last_dir = property(lambda self: self.path / "checkpoints" / "last")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     experiment_path = property(lambda self: self.path / "experiment.json")
     finished_path = property(lambda self: self.path / "FINISHED")
 
-    def prepare_new(self, overwrite: bool) -> None:
-        """Refuse to train into a directory that holds a finished run unless told to."""
-        if self.finished_path.exists() and not overwrite:
-            raise UserError(
-                f"{self.path}: holds a finished run; pass --overwrite to replace it or choose another --output-dir."
-            )
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse to train into a directory holding a run, finished or not, unless told to."""
+        if not overwrite:
+            if self.finished_path.exists():
+                raise UserError(
+                    f"{self.path}: holds a finished run; pass --overwrite to replace it or choose another --output-dir."
+                )
+            if (self.last_dir / "trainer_state.json").exists():
+                raise UserError(
+                    f"{self.path}: holds an unfinished run; continue it with --resume {self.path}, "
+                    "or pass --overwrite to start over."
+                )
+
+    def prepare_new(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in (self.finished_path, self.metrics_path):
             stale.unlink(missing_ok=True)
+        shutil.rmtree(self.last_dir, ignore_errors=True)
 
     def write_experiment(self, config: ExperimentConfig, specs: list[TaskSpec]) -> None:
         payload = {

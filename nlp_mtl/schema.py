@@ -47,6 +47,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        if isinstance(value, dict):
+            # A mapping can only be meant as the one mapping-shaped option: report its error.
+            shaped = [o for o in options if dataclasses.is_dataclass(o) or get_origin(o) is dict]
+            if len(shaped) == 1:
+                return _convert(value, shaped[0], where)
         errors = []
         # Scalars before containers so that "3" never becomes a one-field dataclass.
         for option in sorted(options, key=lambda o: dataclasses.is_dataclass(o)):

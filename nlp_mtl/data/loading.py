@@ -75,14 +75,19 @@ def _carve(rows: list[Row], carve: CarvedSplit) -> tuple[list[Row], list[Row]]:
     return train, valid
 
 
+def _line(spec: TaskSpec, row: Row, token_index: int = 0) -> int:
+    """The file line of a token: CoNLL has one token per line, other formats one example."""
+    return row["line"] + token_index if spec.data.format == "conll" else row["line"]
+
+
 def _normalise_labels(spec: TaskSpec, rows: list[Row], roles: Roles, source: str) -> None:
     label_map = spec.data.label_map
     for row in rows:
         if roles.token_level:
-            for tag in row["tags"]:
+            for i, tag in enumerate(row["tags"]):
                 problem = check_tag(tag, spec.data.tag_scheme)
                 if problem:
-                    raise DataError(f"{source}:{row['line']}: {problem} (data.tag_scheme: {spec.data.tag_scheme}).")
+                    raise DataError(f"{source}:{_line(spec, row, i)}: {problem} (data.tag_scheme: {spec.data.tag_scheme}).")
             row["tags"] = to_iob2(row["tags"], spec.data.tag_scheme)
         elif label_map:
             if row["label"] not in label_map:
@@ -139,10 +144,10 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
             continue
         for row in rows:
             values = row["tags"] if roles.token_level else [row["label"]]
-            for value in values:
+            for i, value in enumerate(values):
                 if value not in allowed:
                     raise DataError(
-                        f"{sources[split]}:{row['line']}: label '{value}' never appears in {origin}; "
+                        f"{sources[split]}:{_line(spec, row, i)}: label '{value}' never appears in {origin}; "
                         f"known labels: {', '.join(labels)}. Declare it under 'labels:' in {spec.source} "
                         "if it is real, or fix the data."
                     )

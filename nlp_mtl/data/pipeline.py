@@ -34,8 +34,20 @@ class PreparedTask:
         return self.spec.metric or self.task_type.default_metric
 
 
+def check_head(spec: TaskSpec) -> None:
+    """Head type and options are checked with the spec, not when the model is built."""
+    from ..model.heads import HEADS  # registers the built-in heads
+    from ..schema import from_mapping
+
+    head_name = spec.head.get("type", TASK_TYPES.get(spec.type, f"{spec.source}: type").head)
+    head = HEADS.get(str(head_name), f"{spec.source}: head.type")
+    from_mapping(head.Options, spec.head, f"{spec.source}: head")
+
+
 def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None) -> list[TaskData]:
     """Read and check every task's data before anything heavy (tokenising, model loading)."""
+    for spec in specs:
+        check_head(spec)
     return [load_task_data(spec, root, limit) for spec in specs]
 
 

@@ -122,11 +122,16 @@ class MultiTaskModel(nn.Module):
             tasks = [TaskHeadInfo(**t) for t in manifest["tasks"]]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{manifest_path}: unreadable model manifest ({err}).") from None
-        encoder = load_encoder(str(directory))
+        if not (directory / "model.safetensors").is_file() and not any(directory.glob("model-*.safetensors")):
+            raise UserError(f"{directory}: no model.safetensors; nlp-mtl loads weights from safetensors only.")
+        encoder = load_encoder(str(directory), safetensors_only=True)
         tokenizer = load_tokenizer(str(directory))
         model = cls(encoder, tasks, tokenizer)
         for name, head in model.heads.items():
-            state = load_file(directory / "heads" / f"{name}.safetensors")
+            try:
+                state = load_file(directory / "heads" / f"{name}.safetensors")
+            except (OSError, ValueError) as err:
+                raise UserError(f"{directory / 'heads' / name}.safetensors: unreadable head weights ({err}).") from None
             head.load_state_dict(state)
         return model.to(device).eval()
 

@@ -4,6 +4,7 @@ One loop for CPU, one GPU or many processes: at each step the task sampler names
 same on every process), that task's next length-grouped batch is padded and fed through the
 shared encoder and the task's head. Validation runs a few times; the best checkpoint by the mean
 of the tasks' main metrics is kept and becomes the final model, which is then scored on test.
+A resumable checkpoint is written periodically; ``resume=True`` continues from it exactly.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..backbone import load_backbone
+from ..backbone import load_backbone, resolve_backbone
 from ..config import ExperimentConfig, TaskSpec, data_root, load_tasks
 from ..data.encoding import collate
 from ..data.pipeline import PreparedTask, encode_all, load_all
-from ..data.sampler import LengthGroupedBatches, TaskSampler
+from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
+from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
 from ..model import MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
+from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged; the message names the task and step."""
 
 
 @dataclass
@@ -79,8 +86,17 @@ class JsonlLog:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop what was logged after the checkpoint: it is about to be redone."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("event") != "end" and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
-def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainResult:
+
+def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -97,9 +113,19 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainRe
     say = (lambda *a: None) if quiet else accelerator.print
     set_seed(tc.seed)
 
-    # Everything a user can get wrong is checked before the model loads or anything tokenises.
-    specs: list[TaskSpec] = load_tasks(config)
+    checkpoint = find_checkpoint(run.last_dir) if resume else None
+    if resume and checkpoint is None:
+        raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
+
+    # Everything a user can get wrong is checked before anything is written, the model loads
+    # or anything tokenises.
+    if not resume:
+        run.check_new(overwrite)
+    resolve_backbone(config.backbone.name)
+    specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
     datas = load_all(specs, data_root(config), config.data.limit)
+    if main and not resume:
+        run.prepare_new()
     encoder, tokenizer = load_backbone(config.backbone)
     tasks = encode_all(datas, tokenizer, quiet=quiet)
     for task in tasks:
@@ -107,10 +133,12 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainRe
             if enc.truncated:
                 say(f"note: {task.name}/{split}: {enc.truncated} of {len(enc)} examples longer than "
                     f"max_length={task.spec.max_length} were truncated.")
-    if main:
+    if main and not resume:
         run.write_experiment(config, specs)
 
     model = MultiTaskModel(encoder, head_infos(tasks), tokenizer)
+    if checkpoint is not None:
+        model.load_state_dict(MultiTaskModel.from_pretrained(checkpoint / "model").state_dict())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
@@ -127,35 +155,60 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainRe
         for i, t in enumerate(tasks)
     }
     by_name = {t.name: t for t in tasks}
-    probs = sampler.probabilities(0)
     say("sampling (" + config.sampler.strategy + "): " + ", ".join(
         f"{t.name} p={p:.3f} (~{p * micro_steps * global_batch / len(t.encoded['train']):.2f} epochs)"
-        for t, p in zip(tasks, probs)))
+        for t, p in zip(tasks, sampler.probabilities(0))))
 
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, steps, tc.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     pad_id = tokenizer.pad_token_id or 0
+    log = JsonlLog(run.metrics_path, main)
+
+    state = TrainerState()
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, optimizer, scheduler)
+        for name, cursor in state.cursors.items():
+            batches[name].cursor = BatchCursor(*cursor)
+        log.truncate_after(state.step)
+        say(f"resumed from {checkpoint} at step {state.step}")
+    running = {n: torch.tensor(state.running.get(n, [0.0, 0])[0], device=device) for n in by_name}
+    counts = {n: int(state.running.get(n, [0.0, 0])[1]) for n in by_name}
+
+    def snapshot(step: int) -> None:
+        state.step = step
+        state.cursors = {n: [b.cursor.pass_index, b.cursor.position] for n, b in batches.items()}
+        state.running = {n: [float(running[n]), counts[n]] for n in by_name}
+        if main:
+            save_checkpoint(run.last_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
 
     eval_every = tc.eval_every or max(1, math.ceil(micro_steps / tc.evaluations))
     has_validation = all("validation" in t.encoded for t in tasks)
-    log = JsonlLog(run.metrics_path, main)
-    best_score, best_step = None, None
-
-    running = {t.name: torch.zeros((), device=device) for t in tasks}
-    counts = dict.fromkeys(by_name, 0)
     shown: dict[str, float] = {}
-    bar = tqdm(total=micro_steps, desc="training", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=micro_steps, initial=state.step, desc="training", disable=quiet, dynamic_ncols=True)
     model.train()
-    for step in range(micro_steps):
+    for step in range(state.step, micro_steps):
         name = sampler.task_at(step)
         task = by_name[name]
         indices = batches[name].next_shard(rank)
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(task.encoded["train"], indices, pad_id).items()}
         with accelerator.accumulate(model):
             out = model(name, **batch)
-            accelerator.backward(out["loss"] * task.spec.loss_weight)
+            loss = out["loss"]
+            # On CPU this check costs nothing; it keeps one bad batch from poisoning the weights.
+            if not torch.isfinite(loss):
+                if tc.on_nonfinite_loss == "stop":
+                    raise NonFiniteLoss(
+                        f"training stopped: non-finite loss ({float(loss)}) on task '{name}' at step {step + 1}; "
+                        f"the last good checkpoint in {run.last_dir} is intact (resume with --resume after "
+                        "lowering training.lr, or set training.on_nonfinite_loss=skip).")
+                log.write({"event": "skipped", "step": step + 1, "task": name, "reason": "non-finite loss"})
+                optimizer.zero_grad(set_to_none=True)
+                bar.update(1)
+                continue
+            accelerator.backward(loss * task.spec.loss_weight)
             if accelerator.sync_gradients and tc.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             optimizer.step()  # a no-op on accumulation micro-steps (accelerate skips it)
@@ -163,7 +216,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainRe
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         # Accumulated on the device; read back only when logging, so no host sync per step.
-        running[name] += out["loss"].detach()
+        running[name] += loss.detach()
         counts[name] += 1
         bar.update(1)
         done = step + 1
@@ -175,40 +228,46 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False) -> TrainRe
                        "batches": {n: c for n, c in counts.items() if c}})
             running = {n: torch.zeros((), device=device) for n in by_name}
             counts = dict.fromkeys(by_name, 0)
+        evaluated = False
         if has_validation and (done % eval_every == 0 or done == micro_steps):
-            reports = evaluate_tasks(accelerator.unwrap_model(model), tasks, "validation", tc.eval_batch_size, pad_id, device, accelerator)
+            evaluated = True
+            reports = evaluate_tasks(accelerator.unwrap_model(model), tasks, "validation", tc.eval_batch_size,
+                                     pad_id, device, accelerator)
             score = _score(reports, tasks)
+            improved = state.best_score is None or score > state.best_score
             log.write({"event": "validation", "step": done, "score": score,
                        "metrics": {n: r.metrics for n, r in reports.items()}})
             say(f"\nstep {done}: validation " + ", ".join(
                 f"{n} {t.metric}={100 * reports[n].metrics[t.metric]:.2f}" for n, t in by_name.items()) +
-                f" | mean {100 * score:.2f}" + (" (best)" if best_score is None or score > best_score else ""))
-            if best_score is None or score > best_score:
-                best_score, best_step = score, done
+                f" | mean {100 * score:.2f}" + (" (best)" if improved else ""))
+            if improved:
+                state.best_score, state.best_step = score, done
                 if main:
                     accelerator.unwrap_model(model).save_pretrained(run.best_dir)
                 accelerator.wait_for_everyone()
+        if done < micro_steps and (evaluated or (tc.checkpoint_every and done % tc.checkpoint_every == 0)):
+            snapshot(done)
     bar.close()
 
     final = accelerator.unwrap_model(model)
-    if best_step is not None and best_step != micro_steps:
-        say(f"restoring the best checkpoint (step {best_step}, mean validation {100 * best_score:.2f})")
+    if state.best_step is not None and state.best_step != micro_steps:
+        say(f"restoring the best checkpoint (step {state.best_step}, mean validation {100 * state.best_score:.2f})")
         final = MultiTaskModel.from_pretrained(run.best_dir, device=device)
     if main:
         final.save_pretrained(run.model_dir)
     accelerator.wait_for_everyone()
 
-    result = TrainResult(run.path, micro_steps, best_step, best_score)
+    result = TrainResult(run.path, micro_steps, state.best_step, state.best_score)
     main_metrics = {t.name: t.metric for t in tasks}
     for split in ("validation", "test"):
-        reports = evaluate_tasks(final, tasks, split, tc.eval_batch_size, pad_id, device, accelerator, quiet)
+        reports = evaluate_tasks(final, tasks, split, tc.eval_batch_size, pad_id, device, accelerator)
         if reports and main:
             summary = write_reports(run.path, reports, split, main_metrics)
             say(f"\n{split} results:\n{summary}")
         if split == "test":
             result.test_reports = reports
     result.seconds = time.perf_counter() - started
-    log.write({"event": "end", "steps": micro_steps, "best_step": best_step, "seconds": round(result.seconds, 1)})
+    log.write({"event": "end", "steps": micro_steps, "best_step": state.best_step, "seconds": round(result.seconds, 1)})
     if main:
         run.mark_finished(result.seconds)
     return result

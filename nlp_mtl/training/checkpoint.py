@@ -1,0 +1,102 @@
+"""Resumable training checkpoints: safetensors + JSON only, written atomically.
+
+    checkpoints/last/
+      model/                 MultiTaskModel.save_pretrained
+      optimizer.safetensors  every optimizer state tensor, keyed 'state.<param>.<name>'
+      rng.safetensors        torch CPU (and CUDA) generator states
+      trainer_state.json     step, best score, batch cursors, scheduler, param groups, running losses
+
+The folder is assembled under a temporary name and renamed into place, so a process killed at
+any moment leaves either the previous checkpoint or the new one, never a half-written one.
+Nothing is unpickled when loading.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..model.multitask import replace_dir
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    cursors: dict[str, list[int]] = field(default_factory=dict)
+    running: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainerState) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp / "model")
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, tmp / "rng.safetensors")
+        scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        payload = {"trainer": state.__dict__, "optimizer": meta, "scheduler": scheduler_state, "format_version": 1}
+        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
+        replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint folder, or the one moved aside if a kill hit between two renames."""
+    if (directory / STATE_FILE).is_file():
+        return directory
+    for old in sorted(directory.parent.glob(f".{directory.name}.old-*")):
+        if (old / STATE_FILE).is_file():
+            return old
+    return None
+
+
+def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainerState:
+    """Restore optimizer, scheduler and RNG in place; return the trainer state."""
+    try:
+        payload = json.loads((directory / STATE_FILE).read_text())
+        tensors = load_file(directory / "optimizer.safetensors")
+        rng = load_file(directory / "rng.safetensors")
+    except (OSError, json.JSONDecodeError, ValueError) as err:
+        raise UserError(f"{directory}: unreadable checkpoint ({err}).") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in payload["optimizer"]["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict({**payload["scheduler"], "lr_lambdas": [None] * len(groups)})
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    return TrainerState(**payload["trainer"])
