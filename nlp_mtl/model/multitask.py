@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -130,7 +131,7 @@ class MultiTaskModel(nn.Module):
         for name, head in model.heads.items():
             try:
                 state = load_file(directory / "heads" / f"{name}.safetensors")
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, SafetensorError) as err:
                 raise UserError(f"{directory / 'heads' / name}.safetensors: unreadable head weights ({err}).") from None
             head.load_state_dict(state)
         return model.to(device).eval()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
@@ -85,7 +86,7 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
         payload = json.loads((directory / STATE_FILE).read_text())
         tensors = load_file(directory / "optimizer.safetensors")
         rng = load_file(directory / "rng.safetensors")
-    except (OSError, json.JSONDecodeError, ValueError) as err:
+    except (OSError, json.JSONDecodeError, ValueError, SafetensorError) as err:
         raise UserError(f"{directory}: unreadable checkpoint ({err}).") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -201,7 +201,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             if not torch.isfinite(loss):
                 if tc.on_nonfinite_loss == "stop":
                     raise NonFiniteLoss(
-                        f"training stopped: non-finite loss ({float(loss)}) on task '{name}' at step {step + 1}; "
+                        f"training stopped: non-finite loss ({float(loss.detach())}) on task '{name}' at step {step + 1}; "
                         f"the last good checkpoint in {run.last_dir} is intact (resume with --resume after "
                         "lowering training.lr, or set training.on_nonfinite_loss=skip).")
                 log.write({"event": "skipped", "step": step + 1, "task": name, "reason": "non-finite loss"})
