@@ -9,6 +9,7 @@ Sentence-pair tasks need a ``text_pair`` and get their own pass.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class Predictor:
         self.device = next(model.parameters()).device
         self.single_tasks = [n for n, t in model.tasks.items() if not t.pair]
         self.pair_tasks = [n for n, t in model.tasks.items() if t.pair]
+        # A fast tokenizer mutates its truncation/padding state on each call ("Already
+        # borrowed" under concurrent use), so calls into it are serialised; the model runs freely.
+        self._tokenizer_lock = threading.Lock()
 
     def predict(self, inputs: list[str | dict[str, str]]) -> list[dict[str, Any]]:
         """``inputs``: strings, or {'text': ..., 'text_pair': ...} for sentence-pair tasks."""
@@ -53,13 +57,17 @@ class Predictor:
         texts = [x if isinstance(x, str) else x["text"] for x in inputs]
         split = [split_words(t) for t in texts]
         max_length = max(t.max_length for t in self.model.tasks.values())
-        enc = self.tokenizer([s.words or [""] for s in split], is_split_into_words=True, truncation=True,
-                             max_length=max_length, padding=True, return_tensors="pt")
+        with self._tokenizer_lock:
+            enc = self.tokenizer([s.words or [""] for s in split], is_split_into_words=True, truncation=True,
+                                 max_length=max_length, padding=True, return_tensors="pt")
+            word_ids = [enc.word_ids(i) for i in range(len(split))]
         batch = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=self.single_tasks)
         pairs = [x.get("text_pair") if isinstance(x, dict) else None for x in inputs]
         if self.pair_tasks and all(pairs):
-            pair_enc = self.tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            with self._tokenizer_lock:
+                pair_enc = self.tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True,
+                                          return_tensors="pt")
             pair_batch = {k: v.to(self.device) for k, v in pair_enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             logits.update(self.model.encode_all(pair_batch.pop("input_ids"), pair_batch.pop("attention_mask"),
                                                 tasks=self.pair_tasks, **pair_batch))
@@ -69,7 +77,7 @@ class Predictor:
             probs = task_logits.float().softmax(-1).cpu()
             for i, words in enumerate(split):
                 if info.task_type == "token_classification":
-                    results[i]["tasks"][name] = self._entities(words, enc.word_ids(i), probs[i], info.labels)
+                    results[i]["tasks"][name] = self._entities(words, word_ids[i], probs[i], info.labels)
                 else:
                     p, label = probs[i].max(-1)
                     results[i]["tasks"][name] = {"label": info.labels[int(label)], "probability": round(float(p), 4)}

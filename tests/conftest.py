@@ -32,7 +32,7 @@ def make_vocab() -> list[str]:
     return list(dict.fromkeys(specials + sorted(set(words)) + pieces + letters + ["##" + c for c in letters]))
 
 
-def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
+def build_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -46,7 +46,8 @@ def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
     assert len(tokenizer.get_vocab()) == len(vocab)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config, add_pooling_layer=False).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -103,6 +103,9 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     started = time.perf_counter()
     tc = config.training
     accelerator = Accelerator(
+        # Without a GPU, accelerate only forms a gloo process group (torchrun, accelerate launch)
+        # when told it runs on CPU; otherwise each process would train alone.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         # Each step trains one task, so the other heads get no gradient that step.
@@ -221,7 +224,9 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         bar.update(1)
         done = step + 1
         if done % tc.log_every == 0 or done == micro_steps:
-            losses = {n: float(running[n]) / c for n, c in counts.items() if c}
+            # Every process saw a different shard of the same batches: log their mean.
+            totals = accelerator.reduce(torch.stack([running[n] for n in by_name]), reduction="mean").tolist()
+            losses = {n: totals[i] / counts[n] for i, n in enumerate(by_name) if counts[n]}
             shown.update(losses)
             bar.set_postfix({n: f"{v:.3f}" for n, v in shown.items()})
             log.write({"event": "train", "step": done, "lr": scheduler.get_last_lr()[0], "loss": losses,

@@ -1,0 +1,56 @@
+"""Two processes (torch.distributed over gloo, on CPU) train like one process with twice the
+batch, and evaluation counts every example exactly once."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nlp_mtl.cli import main
+
+from .conftest import build_tiny_bert, write_experiment
+
+
+def _train_events(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    bert = build_tiny_bert(tmp_path / "bert_no_dropout", dropout=0.0)
+    spec = data_dir / "specs" / "toy_sent.yaml"
+    spec.write_text(spec.read_text() + "head: {dropout: 0.0}\n")
+    csv = data_dir / "specs" / "toy_sent_csv.yaml"
+    csv.write_text(csv.read_text() + "head: {dropout: 0.0}\n")
+    # Two sentence tasks of 160 training examples = 10 global batches of 16 each: every batch
+    # splits evenly, so the mean of the two halves' losses is the loss of the whole batch.
+    common = {"steps": 24, "evaluations": 1, "log_every": 4, "lr": 1e-3}
+    one = write_experiment(data_dir, bert, ["toy_sent", "toy_sent_csv"], batch_size=16, **common)
+    assert main(["--quiet", "train", str(one), "--output-dir", str(data_dir / "one")]) == 0
+    two = write_experiment(data_dir, bert, ["toy_sent", "toy_sent_csv"], batch_size=8, **common)
+    result = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "-m", "nlp_mtl.cli", "--quiet",
+         "train", str(two), "--output-dir", str(data_dir / "two")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    a, b = _train_events(data_dir / "one"), _train_events(data_dir / "two")
+    train_a = [e for e in a if e["event"] == "train"]
+    train_b = [e for e in b if e["event"] == "train"]
+    assert [e["batches"] for e in train_a] == [e["batches"] for e in train_b]  # same task every step
+    for x, y in zip(train_a, train_b):
+        for task in x["loss"]:
+            assert y["loss"][task] == pytest.approx(x["loss"][task], abs=1e-4), (x, y)
+    for task in ("toy_sent", "toy_sent_csv"):
+        for split, size in (("validation", 40), ("test", 60)):
+            report = json.loads((data_dir / "two" / "reports" / f"{task}.{split}.json").read_text())
+            # gathered from both processes: every example once, none dropped or duplicated
+            assert report["metrics"]["examples"] == size
+            assert sum(report["report"][label]["support"] for label in ("neg", "pos")) == size
+            single = json.loads((data_dir / "one" / "reports" / f"{task}.{split}.json").read_text())
+            assert report["report"]["confusion_matrix"]["matrix"] == single["report"]["confusion_matrix"]["matrix"]
