@@ -49,7 +49,10 @@ def resolve_data_path(spec: TaskSpec, relative: str, root: Path) -> Path:
 
 def _read_split(spec: TaskSpec, roles: Roles, split: str, root: Path) -> tuple[list[Row], str]:
     if spec.data.format == "hub":
-        return read_hub(spec.data, roles, split), f"{spec.data.path or spec.data.name}[{split}]"
+        if isinstance(spec.data.validation, CarvedSplit) and split == "validation":
+            return [], ""
+        rows = read_hub(spec.data, roles, split)
+        return (rows, f"{spec.data.path or spec.data.name}[{split}]") if rows is not None else ([], "")
     relative = getattr(spec.data, split)
     if relative is None or isinstance(relative, CarvedSplit):
         return [], ""

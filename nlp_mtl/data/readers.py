@@ -244,7 +244,7 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
     return rows
 
 
-def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row]:
+def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row] | None:
     """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``."""
     import datasets
 
@@ -258,7 +258,7 @@ def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row]:
         raise DataError(f"data: cannot load dataset '{source}': {err}.") from None
     split_name = spec.splits.get(split, split)
     if split_name not in dataset:
-        return []
+        return None
     table = dataset[split_name]
     columns = _columns(spec, roles, {r: r for r in roles.all})
     rows = []
