@@ -1,4 +1,4 @@
-"""Two processes (torch.distributed over gloo, on CPU) train like one process with twice the
+"""Two processes (`accelerate launch`, torch.distributed over gloo, on CPU) train like one process with twice the
 batch, and evaluation counts every example exactly once."""
 
 import json
@@ -19,8 +19,8 @@ def _train_events(run):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun not on PATH")
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher not on PATH")
     bert = build_tiny_bert(tmp_path / "bert_no_dropout", dropout=0.0)
     spec = data_dir / "specs" / "toy_sent.yaml"
     spec.write_text(spec.read_text() + "head: {dropout: 0.0}\n")
@@ -33,7 +33,11 @@ def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
     assert main(["--quiet", "train", str(one), "--output-dir", str(data_dir / "one")]) == 0
     two = write_experiment(data_dir, bert, ["toy_sent", "toy_sent_csv"], batch_size=8, **common)
     result = subprocess.run(
-        ["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "-m", "nlp_mtl.cli", "--quiet",
+        # --multi_gpu selects accelerate's torch.distributed launcher; on a machine without GPUs
+        # the processes form a gloo group on CPU.
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         "-m", "nlp_mtl.cli", "--quiet",
          "train", str(two), "--output-dir", str(data_dir / "two")],
         capture_output=True, text=True, timeout=600,
     )
