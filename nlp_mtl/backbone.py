@@ -40,12 +40,23 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def _load_config(name_or_path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"backbone.name: cannot load '{name_or_path}' ({first}). Give a local folder written "
+                          "by save_pretrained, a Hub name reachable from here, or 'embedded'.") from None
+
+
 def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
     """``safetensors_only`` for directories we wrote: a planted pickle there is refused."""
     from transformers import AutoConfig, AutoModel
 
     _quiet_transformers()
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = _load_config(name_or_path)
     # BERT's pooler is unused by our heads; leaving it out avoids 'unused parameter' errors in DDP.
     kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
     if safetensors_only:
@@ -58,9 +69,9 @@ def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
 
 
 def load_tokenizer(name_or_path: str) -> Any:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = _load_config(name_or_path)
     kwargs = {"add_prefix_space": True} if config.model_type in ("roberta", "gpt2", "bart", "longformer") else {}
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, **kwargs)
     if not getattr(tokenizer, "is_fast", False):

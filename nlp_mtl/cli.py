@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["validation", "test"], default="test")
     p.add_argument("--data-root", help="override the data root recorded in the run")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("predict", help="predict every task for raw text, one encoder pass", epilog=EXAMPLES["predict"], formatter_class=fmt)
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     p.add_argument("--input", help='JSONL file: one {"text": ...} (and optional "text_pair") per line')
     p.add_argument("--output", help="write JSONL here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
 
     p = sub.add_parser("tasks", help="check or list task spec files")
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
@@ -65,6 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     tasks_sub.add_parser("list", help="list the built-in task specs", epilog=EXAMPLES["tasks list"], formatter_class=fmt)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
+    return value
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _data_root_override(value: str | None) -> list[str]:
@@ -112,13 +128,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data_root:
         root = Path(args.data_root).resolve()
     datas = load_all(specs, root, config.data.limit)
-    model = MultiTaskModel.from_pretrained(run.path)
+    model = MultiTaskModel.from_pretrained(run.path, device=_device())
+    for data in datas:
+        # Label ids are the model's, whatever the data on disk says now.
+        saved = model.tasks[data.spec.name].labels
+        if set(data.labels) - set(saved):
+            raise UserError(f"{data.spec.source}: labels {sorted(set(data.labels) - set(saved))} are not among "
+                            f"the labels the model was trained with ({', '.join(saved)}).")
+        data.labels = list(saved)
     tasks = encode_all(datas, model.tokenizer, splits=(args.split,), quiet=args.quiet)
     tasks = [t for t in tasks if args.split in t.encoded]
     if not tasks:
         raise UserError(f"{run.path}: no task has a {args.split} split.")
     reports = evaluate_tasks(model, tasks, args.split, args.batch_size, model.tokenizer.pad_token_id or 0,
-                             torch.device("cpu"), quiet=args.quiet)
+                             torch.device(_device()), quiet=args.quiet)
     for report in reports.values():
         from .evaluation.reports import format_report
 
@@ -137,7 +160,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         path = Path(args.input)
         if not path.is_file():
             raise UserError(f"--input {path}: file not found.")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"--input {path}: not UTF-8 ({err.reason} at byte {err.start}).") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -146,10 +173,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UserError(f"{path}:{number}: invalid JSON ({err.msg}).") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise UserError(f'{path}:{number}: expected an object with a "text" string.')
+            if not isinstance(obj.get("text_pair", ""), str):
+                raise UserError(f'{path}:{number}: "text_pair" must be a string.')
             inputs.append(obj)
     if not inputs:
         raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
-    predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir), batch_size=args.batch_size)
+    predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir, device=_device()), batch_size=args.batch_size)
     lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(inputs)]
     if args.output:
         from .evaluation.reports import atomic_write
@@ -163,6 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .config import BUILTIN_TASKS_DIR, default_data_root, load_task_spec
     from .data.loading import load_task_data, summarise
+    from .data.pipeline import check_spec
 
     if args.tasks_command == "list":
         for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml")):
@@ -173,6 +203,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     summaries = []
     for file in args.files:
         spec = load_task_spec(file)
+        check_spec(spec)
         summary = summarise(load_task_data(spec, root))
         summaries.append(summary)
         if not args.json:
@@ -191,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from . import model, task_types  # noqa: F401  (register built-in task types and heads)
     from .data import readers  # noqa: F401
 

@@ -50,9 +50,12 @@ class RunDir:
 
     def prepare_new(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in (self.finished_path, self.metrics_path):
+        # Only reached with --overwrite or for a fresh directory: the old run's outputs go, so
+        # nothing of it can be mistaken for the new one.
+        for stale in (self.finished_path, self.metrics_path, self.experiment_path):
             stale.unlink(missing_ok=True)
-        shutil.rmtree(self.last_dir, ignore_errors=True)
+        for stale_dir in (self.path / "checkpoints", self.path / "reports", self.model_dir):
+            shutil.rmtree(stale_dir, ignore_errors=True)
 
     def write_experiment(self, config: ExperimentConfig, specs: list[TaskSpec]) -> None:
         payload = {

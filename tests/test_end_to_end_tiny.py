@@ -83,3 +83,15 @@ def test_finished_run_is_not_overwritten(data_dir, tiny_bert, capsys):
     assert main(["--quiet", "train", str(config), "--output-dir", str(run)]) == 2
     assert "holds a finished run" in capsys.readouterr().err
     assert (run / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_gradient_accumulation_counts_optimizer_steps(data_dir, tiny_bert):
+    config = write_experiment(data_dir, tiny_bert, ["toy_sent"], steps=6, evaluations=1, log_every=2,
+                              gradient_accumulation_steps=2, warmup_ratio=0.0)
+    run = data_dir / "accum"
+    assert main(["--quiet", "train", str(config), "--output-dir", str(run)]) == 0
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [e for e in events if e["event"] == "train"]
+    # 6 optimizer steps = 12 micro-batches; the linear schedule reaches 0 exactly at the end.
+    assert train[-1]["step"] == 12 and sum(sum(e["batches"].values()) for e in train) == 12
+    assert train[-1]["lr"] == 0.0 and train[0]["lr"] > 0

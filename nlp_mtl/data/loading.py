@@ -51,7 +51,13 @@ def _read_split(spec: TaskSpec, roles: Roles, split: str, root: Path) -> tuple[l
     if spec.data.format == "hub":
         if isinstance(spec.data.validation, CarvedSplit) and split == "validation":
             return [], ""
-        rows = read_hub(spec.data, roles, split)
+        path = None
+        if spec.data.path:
+            path = Path(spec.data.path).expanduser()
+            if not path.is_absolute():
+                candidates = [root / path] + ([Path(spec.source).parent / path] if spec.source else [])
+                path = next((c for c in candidates if c.exists()), candidates[0])
+        rows = read_hub(spec.data, roles, split, path)
         return (rows, f"{spec.data.path or spec.data.name}[{split}]") if rows is not None else ([], "")
     relative = getattr(spec.data, split)
     if relative is None or isinstance(relative, CarvedSplit):

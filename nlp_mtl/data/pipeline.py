@@ -31,15 +31,21 @@ class PreparedTask:
 
     @property
     def metric(self) -> str:
-        return self.spec.metric or self.task_type.default_metric
+        return self.task_type.main_metric(self.spec)
 
 
-def check_head(spec: TaskSpec) -> None:
-    """Head type and options are checked with the spec, not when the model is built."""
+def check_spec(spec: TaskSpec) -> None:
+    """Metric, head type and head options are checked with the spec, not mid-training."""
+    from ..errors import ConfigError
     from ..model.heads import HEADS  # registers the built-in heads
     from ..schema import from_mapping
 
-    head_name = spec.head.get("type", TASK_TYPES.get(spec.type, f"{spec.source}: type").head)
+    task_type = TASK_TYPES.get(spec.type, f"{spec.source}: type")
+    allowed = task_type.metric_names(spec)
+    if spec.metric is not None and spec.metric not in allowed:
+        raise ConfigError(f"{spec.source}: metric '{spec.metric}' is not reported for this task; "
+                          f"expected one of: {', '.join(allowed)}.")
+    head_name = spec.head.get("type", task_type.head)
     head = HEADS.get(str(head_name), f"{spec.source}: head.type")
     from_mapping(head.Options, spec.head, f"{spec.source}: head")
 
@@ -47,7 +53,7 @@ def check_head(spec: TaskSpec) -> None:
 def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None) -> list[TaskData]:
     """Read and check every task's data before anything heavy (tokenising, model loading)."""
     for spec in specs:
-        check_head(spec)
+        check_spec(spec)
     return [load_task_data(spec, root, limit) for spec in specs]
 
 

@@ -244,17 +244,17 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
     return rows
 
 
-def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row] | None:
+def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None) -> list[Row] | None:
     """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``."""
     import datasets
 
-    source = spec.path or spec.name
+    source = str(path) if path else spec.name
     try:
-        if spec.path:
-            dataset = datasets.load_from_disk(spec.path)
+        if path:
+            dataset = datasets.load_from_disk(str(path))
         else:
             dataset = datasets.load_dataset(spec.name, spec.config)
-    except FileNotFoundError as err:
+    except (OSError, ValueError, ConnectionError) as err:
         raise DataError(f"data: cannot load dataset '{source}': {err}.") from None
     split_name = spec.splits.get(split, split)
     if split_name not in dataset:
@@ -272,7 +272,12 @@ def read_hub(spec: DataSpec, roles: Roles, split: str) -> list[Row] | None:
             if name in record:
                 value = record[name]
                 if names.get(role):
-                    value = [names[role][v] for v in value] if isinstance(value, list) else names[role][value]
+                    ids = value if isinstance(value, list) else [value]
+                    if any(not 0 <= v < len(names[role]) for v in ids):
+                        # -1 is how the Hub marks an unlabelled example (e.g. GLUE test sets).
+                        raise DataError(f"{source}[{split_name}] row {i}: '{name}' holds no valid class id "
+                                        f"({value}); this split is unlabelled.")
+                    value = [names[role][v] for v in ids] if isinstance(value, list) else names[role][value]
                 row[role] = value
         rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}"))
     return rows

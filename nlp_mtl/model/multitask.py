@@ -138,11 +138,15 @@ class MultiTaskModel(nn.Module):
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out only once ``src`` is complete."""
-    old = None
+    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out only once ``src`` is complete.
+
+    Leftovers of earlier kills (half-written temp folders, folders set aside) are removed once
+    the new folder is in place.
+    """
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
+        aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, aside / dst.name)
     os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for leftover in list(dst.parent.glob(f".{dst.name}.old-*")) + list(dst.parent.glob(f".{dst.name}.tmp-*")):
+        if leftover != src:
+            shutil.rmtree(leftover, ignore_errors=True)

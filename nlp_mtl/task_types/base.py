@@ -30,6 +30,12 @@ class TaskType(Protocol):
     head: str
     default_metric: str
 
+    def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
+        """Metrics a spec may name as its model-selection ``metric``."""
+        ...
+
+    def main_metric(self, spec: TaskSpec) -> str: ...
+
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit: ...
 
     def decode_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:

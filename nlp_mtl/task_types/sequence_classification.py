@@ -20,6 +20,12 @@ class SequenceClassification:
     head = "sequence_classification"
     default_metric = "accuracy"
 
+    def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
+        return ("accuracy", "macro_f1", "weighted_f1")
+
+    def main_metric(self, spec: TaskSpec) -> str:
+        return spec.metric or "accuracy"
+
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
         pairs = any("text_pair" in r for r in rows)

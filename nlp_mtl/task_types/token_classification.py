@@ -83,6 +83,14 @@ class TokenClassification:
     head = "token_classification"
     default_metric = "f1"
 
+    def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
+        if spec.data.tag_scheme == "none":
+            return ("accuracy", "token_accuracy", "macro_f1")
+        return ("f1", "precision", "recall", "token_accuracy")
+
+    def main_metric(self, spec: TaskSpec) -> str:
+        return spec.metric or ("accuracy" if spec.data.tag_scheme == "none" else "f1")
+
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
         ids, label_rows, word_rows, truncated = [], [], [], 0

@@ -3,7 +3,7 @@
     checkpoints/last/
       model/                 MultiTaskModel.save_pretrained
       optimizer.safetensors  every optimizer state tensor, keyed 'state.<param>.<name>'
-      rng.safetensors        torch CPU (and CUDA) generator states
+      rng.safetensors        every process's torch CPU (and its own CUDA device's) generator state
       trainer_state.json     step, best score, batch cursors, scheduler, param groups, running losses
 
 The folder is assembled under a temporary name and renamed into place, so a process killed at
@@ -49,18 +49,31 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": groups}
 
 
+def gather_rng_states(accelerator: Any) -> dict[str, torch.Tensor]:
+    """Every process's generator states, keyed by rank, collected on all processes."""
+    local = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        local["cuda"] = torch.cuda.get_rng_state()
+    if accelerator.num_processes == 1:
+        parts = [local]
+    else:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([{k: v.tolist() for k, v in local.items()}])
+        parts = [{k: torch.tensor(v, dtype=torch.uint8) for k, v in p.items()} for p in parts]
+    return {f"{rank}.{name}": value for rank, part in enumerate(parts) for name, value in part.items()}
+
+
 def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainerState) -> None:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainerState,
+                    rng_states: dict[str, torch.Tensor]) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         model.save_pretrained(tmp / "model")
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, tmp / "rng.safetensors")
+        save_file(rng_states, tmp / "rng.safetensors")
         scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         payload = {"trainer": state.__dict__, "optimizer": meta, "scheduler": scheduler_state, "format_version": 1}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
@@ -70,17 +83,16 @@ def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimize
 
 
 def find_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint folder, or the one moved aside if a kill hit between two renames."""
+    """The checkpoint folder, or the newest one moved aside if a kill hit between two renames."""
     if (directory / STATE_FILE).is_file():
         return directory
-    for old in sorted(directory.parent.glob(f".{directory.name}.old-*")):
-        if (old / STATE_FILE).is_file():
-            return old
-    return None
+    aside = [p / directory.name for p in directory.parent.glob(f".{directory.name}.old-*")]
+    aside = [p for p in aside if (p / STATE_FILE).is_file()]
+    return max(aside, key=lambda p: (p / STATE_FILE).stat().st_mtime) if aside else None
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainerState:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> TrainerState:
     """Restore optimizer, scheduler and RNG in place; return the trainer state."""
     try:
         payload = json.loads((directory / STATE_FILE).read_text())
@@ -95,9 +107,10 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in payload["optimizer"]["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     scheduler.load_state_dict({**payload["scheduler"], "lr_lambdas": [None] * len(groups)})
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    if f"{rank}.torch" not in rng:
+        raise UserError(f"{directory}: checkpoint holds no RNG state for process {rank}; "
+                        "resume with the number of processes it was written with.")
+    torch.set_rng_state(rng[f"{rank}.torch"])
+    if torch.cuda.is_available() and f"{rank}.cuda" in rng:
+        torch.cuda.set_rng_state(rng[f"{rank}.cuda"])
     return TrainerState(**payload["trainer"])

@@ -27,10 +27,11 @@ from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
+from ..evaluation.reports import atomic_write
 from ..model import MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
-from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 
 
@@ -72,6 +73,14 @@ def count_steps(config: ExperimentConfig, train_sizes: list[int], global_batch: 
     return max(1, math.ceil(config.training.epochs * batches / config.training.gradient_accumulation_steps))
 
 
+def check_max_length(specs: list[TaskSpec], encoder_config: Any) -> None:
+    limit = getattr(encoder_config, "max_position_embeddings", None)
+    for spec in specs:
+        if limit and spec.max_length > limit:
+            raise UserError(f"{spec.source}: max_length {spec.max_length} exceeds the backbone's "
+                            f"{limit} positions (max_position_embeddings).")
+
+
 def _score(reports: dict[str, TaskReport], tasks: list[PreparedTask]) -> float:
     metrics = {t.name: t.metric for t in tasks}
     return float(np.mean([r.metrics[metrics[name]] for name, r in reports.items()]))
@@ -90,9 +99,15 @@ class JsonlLog:
         """On resume, drop what was logged after the checkpoint: it is about to be redone."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("event") != "end" and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line a kill cut in half
+            if record.get("event") != "end" and record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
 
 def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
@@ -127,9 +142,11 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     resolve_backbone(config.backbone.name)
     specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
     datas = load_all(specs, data_root(config), config.data.limit)
+    encoder, tokenizer = load_backbone(config.backbone)
+    check_max_length(specs, encoder.config)
     if main and not resume:
         run.prepare_new()
-    encoder, tokenizer = load_backbone(config.backbone)
+    accelerator.wait_for_everyone()
     tasks = encode_all(datas, tokenizer, quiet=quiet)
     for task in tasks:
         for split, enc in task.encoded.items():
@@ -171,7 +188,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
 
     state = TrainerState()
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, optimizer, scheduler, rank)
         for name, cursor in state.cursors.items():
             batches[name].cursor = BatchCursor(*cursor)
         log.truncate_after(state.step)
@@ -183,12 +200,18 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         state.step = step
         state.cursors = {n: [b.cursor.pass_index, b.cursor.position] for n, b in batches.items()}
         state.running = {n: [float(running[n]), counts[n]] for n in by_name}
+        rng_states = gather_rng_states(accelerator)
         if main:
-            save_checkpoint(run.last_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            save_checkpoint(run.last_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, rng_states)
         accelerator.wait_for_everyone()
 
-    eval_every = tc.eval_every or max(1, math.ceil(micro_steps / tc.evaluations))
-    has_validation = all("validation" in t.encoded for t in tasks)
+    # Intervals count optimizer steps, so evaluations and snapshots land on update boundaries.
+    accum = tc.gradient_accumulation_steps
+    eval_every = (tc.eval_every or max(1, math.ceil(steps / tc.evaluations))) * accum
+    has_validation = any("validation" in t.encoded for t in tasks)
+    for t in tasks:
+        if has_validation and "validation" not in t.encoded:
+            say(f"note: {t.name} has no validation split; model selection uses the other tasks.")
     shown: dict[str, float] = {}
     bar = tqdm(total=micro_steps, initial=state.step, desc="training", disable=quiet, dynamic_ncols=True)
     model.train()
@@ -200,30 +223,33 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         with accelerator.accumulate(model):
             out = model(name, **batch)
             loss = out["loss"]
-            # On CPU this check costs nothing; it keeps one bad batch from poisoning the weights.
-            if not torch.isfinite(loss):
+            # Decided jointly, so that no process waits in an all-reduce the others skip. On CPU
+            # the check is free; it keeps one bad batch from poisoning the weights.
+            nonfinite = ~torch.isfinite(loss.detach())
+            if world > 1:
+                nonfinite = accelerator.reduce(nonfinite.float(), reduction="sum") > 0
+            if nonfinite:
                 if tc.on_nonfinite_loss == "stop":
                     raise NonFiniteLoss(
-                        f"training stopped: non-finite loss ({float(loss.detach())}) on task '{name}' at step {step + 1}; "
-                        f"the last good checkpoint in {run.last_dir} is intact (resume with --resume after "
-                        "lowering training.lr, or set training.on_nonfinite_loss=skip).")
+                        f"training stopped: non-finite loss ({float(loss.detach())}) on task '{name}' at step "
+                        f"{step + 1}; the last good checkpoint in {run.last_dir} is intact. Lower training.lr "
+                        "(or set training.on_nonfinite_loss: skip) and train again.")
                 log.write({"event": "skipped", "step": step + 1, "task": name, "reason": "non-finite loss"})
                 optimizer.zero_grad(set_to_none=True)
-                bar.update(1)
-                continue
-            accelerator.backward(loss * task.spec.loss_weight)
-            if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()  # a no-op on accumulation micro-steps (accelerate skips it)
-            if accelerator.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        # Accumulated on the device; read back only when logging, so no host sync per step.
-        running[name] += loss.detach()
-        counts[name] += 1
+            else:
+                accelerator.backward(loss * task.spec.loss_weight)
+                if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()  # a no-op on accumulation micro-steps (accelerate skips it)
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                # Accumulated on the device; read back only when logging: no host sync per step.
+                running[name] += loss.detach()
+                counts[name] += 1
         bar.update(1)
         done = step + 1
-        if done % tc.log_every == 0 or done == micro_steps:
+        if done % (tc.log_every * accum) == 0 or done == micro_steps:
             # Every process saw a different shard of the same batches: log their mean.
             totals = accelerator.reduce(torch.stack([running[n] for n in by_name]), reduction="mean").tolist()
             losses = {n: totals[i] / counts[n] for i, n in enumerate(by_name) if counts[n]}
@@ -250,7 +276,11 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
                 if main:
                     accelerator.unwrap_model(model).save_pretrained(run.best_dir)
                 accelerator.wait_for_everyone()
-        if done < micro_steps and (evaluated or (tc.checkpoint_every and done % tc.checkpoint_every == 0)):
+        # Only at optimizer-step boundaries: a snapshot inside an accumulation window would lose
+        # the gradients accumulated so far.
+        at_boundary = done % accum == 0
+        periodic = tc.checkpoint_every and (done // accum) % tc.checkpoint_every == 0
+        if done < micro_steps and at_boundary and (evaluated or periodic):
             snapshot(done)
     bar.close()
 
