@@ -53,7 +53,7 @@ def _load_config(name_or_path: str) -> Any:
 
 def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
     """``safetensors_only`` for directories we wrote: a planted pickle there is refused."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     _quiet_transformers()
     config = _load_config(name_or_path)

@@ -117,7 +117,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .backbone import load_tokenizer  # noqa: F401  (keeps import errors out of the loop)
     from .data.pipeline import encode_all, load_all
     from .evaluation import evaluate_tasks, write_reports
     from .model import MultiTaskModel

@@ -4,7 +4,6 @@ batch, and evaluation counts every example exactly once."""
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -58,3 +57,29 @@ def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
             assert sum(report["report"][label]["support"] for label in ("neg", "pos")) == size
             single = json.loads((data_dir / "one" / "reports" / f"{task}.{split}.json").read_text())
             assert report["report"]["confusion_matrix"]["matrix"] == single["report"]["confusion_matrix"]["matrix"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_main_config_shape(data_dir, tiny_bert):
+    """NER + two classification tasks, like the main job: trains, gathers, reports every example."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher not on PATH")
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent", "toy_sent_csv"],
+                              batch_size=8, steps=30, evaluations=1, log_every=5)
+    run = data_dir / "shape"
+    result = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(run)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = _train_events(run)
+    assert sum(e["event"] == "end" for e in events) == 1  # one log, written by the main process only
+    assert sum(sum(e["batches"].values()) for e in events if e["event"] == "train") == 30
+    for task, size in (("toy_ner", 40), ("toy_sent", 60), ("toy_sent_csv", 60)):
+        report = json.loads((run / "reports" / f"{task}.test.json").read_text())
+        assert report["metrics"]["examples"] == size
+    ner = json.loads((run / "reports" / "toy_ner.test.json").read_text())["report"]
+    gold_entities = sum(v["support"] for k, v in ner.items() if k not in ("micro avg", "macro avg", "weighted avg"))
+    assert gold_entities > 0

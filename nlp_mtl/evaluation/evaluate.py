@@ -62,6 +62,3 @@ def evaluate_tasks(model: Any, tasks: list[PreparedTask], split: str, batch_size
                                                    predictions, task.labels)
     return reports
 
-
-def main_metric(report: TaskReport, metric: str) -> float:
-    return float(report.metrics[metric])

@@ -28,7 +28,6 @@ class TaskReport:
 class TaskType(Protocol):
     roles: Roles
     head: str
-    default_metric: str
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         """Metrics a spec may name as its model-selection ``metric``."""

@@ -18,7 +18,6 @@ from .base import TaskReport
 class SequenceClassification:
     roles = Roles(required=("text", "label"), optional=("text_pair",))
     head = "sequence_classification"
-    default_metric = "accuracy"
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         return ("accuracy", "macro_f1", "weighted_f1")

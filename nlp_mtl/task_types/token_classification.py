@@ -81,7 +81,6 @@ def token_level_report(spec: TaskSpec, split: str, gold: list[list[str]], pred: 
 class TokenClassification:
     roles = Roles(required=("tokens", "tags"), token_level=True)
     head = "token_classification"
-    default_metric = "f1"
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         if spec.data.tag_scheme == "none":
