@@ -45,18 +45,21 @@ def _kill_after(args, run, min_step, rng):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted_run(data_dir, tiny_bert):
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], steps=80, evaluations=2,
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], steps=120, evaluations=2,
                               log_every=5, checkpoint_every=5)
     reference = data_dir / "reference"
     assert main(["--quiet", "train", str(config), "--output-dir", str(reference)]) == 0
 
     run = data_dir / "killed"
     rng = random.Random(int(time.time()))
-    reached = _kill_after([str(config), "--output-dir", str(run)], run, rng.randint(5, 25), rng)
-    for _ in range(2):
-        reached = _kill_after(["--resume", str(run)], run, reached + rng.randint(5, 20), rng)
-        assert reached < 80
-    assert not (run / "FINISHED").exists()
+    # Three kills at random points, each well before the end (120 steps), so a resume remains.
+    first = rng.randint(5, 30)
+    second = rng.randint(first + 10, 60)
+    third = rng.randint(second + 10, 90)
+    reached = _kill_after([str(config), "--output-dir", str(run)], run, first, rng)
+    for threshold in (second, third):
+        reached = _kill_after(["--resume", str(run)], run, max(threshold, reached + 5), rng)
+    assert reached < 120 and not (run / "FINISHED").exists()
     assert main(["--quiet", "train", "--resume", str(run)]) == 0
 
     ref, got = _events(reference), _events(run)
