@@ -119,6 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.pipeline import encode_all, load_all
     from .evaluation import evaluate_tasks, write_reports
+    from .evaluation.reports import format_report
     from .model import MultiTaskModel
     from .run_dir import RunDir
 
@@ -142,8 +143,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     reports = evaluate_tasks(model, tasks, args.split, args.batch_size, model.tokenizer.pad_token_id or 0,
                              torch.device(_device()), quiet=args.quiet)
     for report in reports.values():
-        from .evaluation.reports import format_report
-
         print(format_report(report))
     print(write_reports(run.path, reports, args.split, {t.name: t.metric for t in tasks}))
     print(f"reports written to {run.path / 'reports'}")
@@ -180,7 +179,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir, device=_device()), batch_size=args.batch_size)
     lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(inputs)]
     if args.output:
-        from .evaluation.reports import atomic_write
+        from .fileio import atomic_write
 
         atomic_write(Path(args.output), "\n".join(lines) + "\n")
     else:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import ExperimentConfig, TaskSpec, data_root
 from .errors import UserError
-from .evaluation.reports import atomic_write
+from .fileio import atomic_write
 from .schema import from_mapping, to_mapping
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -60,8 +61,9 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        # Read by every collate call: computed once, not per batch.
         return self.input_ids.lengths()
 
 

@@ -27,7 +27,7 @@ from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
-from ..evaluation.reports import atomic_write
+from ..fileio import atomic_write
 from ..model import MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
