@@ -1,4 +1,4 @@
-"""The ``nlp-mtl`` command line: train, evaluate, predict, tasks validate/list."""
+"""The ``nlp-mtl`` command line: train, evaluate, predict, export, report, tasks validate/list."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ EXAMPLES = {
              "         nlp-mtl train --resume runs/joint",
     "evaluate": "example: nlp-mtl evaluate runs/joint --split test",
     "predict": 'example: nlp-mtl predict runs/joint --text "John lives in Berlin." --text "What is the capital of Peru?"',
+    "export": "example: nlp-mtl export runs/joint --task conll2003_ner --out exported/ner\n"
+              '         python -c "from transformers import pipeline; '
+              'print(pipeline(\'token-classification\', model=\'exported/ner\', aggregation_strategy=\'first\')(\'John lives in Berlin.\'))"',
+    "report": "example: nlp-mtl report runs/joint --output joint_report.html",
     "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
     "tasks list": "example: nlp-mtl tasks list",
 }
@@ -56,7 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write JSONL here instead of stdout")
     p.add_argument("--batch-size", type=_positive_int, default=32)
 
-    p = sub.add_parser("tasks", help="check or list task spec files")
+    p = sub.add_parser("export", help="write one task as a plain Hugging Face model that pipeline() loads",
+                       epilog=EXAMPLES["export"], formatter_class=fmt)
+    p.add_argument("run_dir", help="run directory or saved model directory")
+    p.add_argument("--task", required=True, help="task to export (see RUN_DIR/model/multitask.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the model, tokenizer and model card to")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+
+    p = sub.add_parser("report", help="write plots and a self-contained HTML report for a run",
+                       epilog=EXAMPLES["report"], formatter_class=fmt)
+    p.add_argument("run_dir")
+    p.add_argument("--output", metavar="FILE", help="write the page here (default: RUN_DIR/report.html)")
+
+    p = sub.add_parser("tasks", help="check or list task spec files", formatter_class=fmt,
+                       epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"])
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     v = tasks_sub.add_parser("validate", help="check spec files and their data, print counts and labels",
                              epilog=EXAMPLES["tasks validate"], formatter_class=fmt)
@@ -177,13 +194,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
     predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir, device=_device()), batch_size=args.batch_size)
-    lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(inputs)]
+    results = predictor.predict(inputs, progress=not args.quiet and len(inputs) > args.batch_size)
+    lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.output:
         from .fileio import atomic_write
 
         atomic_write(Path(args.output), "\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reporting import write_report
+
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output}: is a directory; give the HTML file to write.")
+    print(write_report(args.run_dir, args.output))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_task
+
+    result = export_task(args.run_dir, args.task, args.out, overwrite=args.overwrite)
+    print(f"exported '{args.task}' as {result.architecture} to {result.path} "
+          f"(logits checked equal to the multi-task model's, max difference {result.max_abs_diff:.1e})")
+    print(f"load it with: from transformers import pipeline; nlp = {result.usage()}")
     return 0
 
 
@@ -220,10 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    from . import model, task_types  # noqa: F401  (register built-in task types and heads)
-    from .data import readers  # noqa: F401
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "tasks": cmd_tasks}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+                "report": cmd_report, "tasks": cmd_tasks}
     try:
         return handlers[args.command](args)
     except UserError as err:

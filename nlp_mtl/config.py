@@ -139,8 +139,13 @@ class TrainingConfig:
     # A non-finite loss either stops training (naming task and step) or skips that batch.
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     group_by_length: bool = True
+    # Trackers through accelerate: 'auto' = TensorBoard if installed, 'none', or names/a list.
+    log_with: str | list[str] = "auto"
 
     def validate(self, where: str) -> None:
+        from .training.tracking import check_tracker_names
+
+        check_tracker_names(self.log_with, f"{where}.log_with")
         for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "evaluations", "log_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
@@ -193,6 +198,7 @@ class TaskEntry:
 @dataclass(frozen=True)
 class ExperimentConfig:
     # Each entry: a spec path / built-in name, or {spec: ..., sampling_weight: ..., loss_weight: ...}.
+    # From Python, a TaskSpec object works too (not in YAML: a spec lives in its own file there).
     tasks: list[str | TaskEntry]
     name: str = "experiment"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -295,6 +301,9 @@ def resolve_task_path(entry: str, config_source: str = "") -> Path:
 def load_tasks(config: ExperimentConfig) -> list[TaskSpec]:
     specs = []
     for entry in config.tasks:
+        if isinstance(entry, TaskSpec):  # built in Python rather than read from a spec file
+            specs.append(entry)
+            continue
         if isinstance(entry, str):
             entry = TaskEntry(spec=entry)
         spec = load_task_spec(resolve_task_path(entry.spec, config.source))

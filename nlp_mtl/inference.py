@@ -3,6 +3,8 @@
 Text is split into words (with character offsets) the way CoNLL-style corpora are tokenised;
 the words are encoded once with ``is_split_into_words``, and that single encoding feeds every
 head: token heads read the first sub-token of each word, sequence heads pool the whole input.
+Where the raw text encodes differently from its words (byte-level BPE, SentencePiece: "movie,"
+vs "movie ,"), sequence heads get a second pass on the raw text, as they were trained on it.
 Sentence-pair tasks need a ``text_pair`` and get their own pass.
 """
 
@@ -45,10 +47,13 @@ class Predictor:
         # borrowed" under concurrent use), so calls into it are serialised; the model runs freely.
         self._tokenizer_lock = threading.Lock()
 
-    def predict(self, inputs: list[str | dict[str, str]]) -> list[dict[str, Any]]:
+    def predict(self, inputs: list[str | dict[str, str]], progress: bool = False) -> list[dict[str, Any]]:
         """``inputs``: strings, or {'text': ..., 'text_pair': ...} for sentence-pair tasks."""
+        from tqdm.auto import tqdm
+
         out: list[dict[str, Any]] = []
-        for start in range(0, len(inputs), self.batch_size):
+        starts = range(0, len(inputs), self.batch_size)
+        for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
             out.extend(self._predict_batch(inputs[start : start + self.batch_size]))
         return out
 
@@ -62,7 +67,25 @@ class Predictor:
                                  max_length=max_length, padding=True, return_tensors="pt")
             word_ids = [enc.word_ids(i) for i in range(len(split))]
         batch = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=self.single_tasks)
+        # Sequence tasks were trained on the raw text, token tasks on words. WordPiece encodes both
+        # alike; byte-level BPE and SentencePiece do not ("movie," vs "movie ,"), and then the
+        # sequence tasks get their own pass on the raw text, so they see what training saw.
+        token_tasks = [n for n in self.single_tasks if self.model.tasks[n].task_type == "token_classification"]
+        text_tasks = [n for n in self.single_tasks if n not in token_tasks]
+        text_batch = None
+        if text_tasks:
+            with self._tokenizer_lock:
+                text_enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                                          return_tensors="pt")
+            text_ids, word_ids_tensor = text_enc["input_ids"], enc["input_ids"]
+            if text_ids.shape != word_ids_tensor.shape or not torch.equal(text_ids, word_ids_tensor):
+                text_batch = {k: v.to(self.device) for k, v in text_enc.items() if k in ("input_ids", "attention_mask")}
+        if text_batch is None:
+            logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=self.single_tasks)
+        else:
+            logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=token_tasks)
+            logits.update(self.model.encode_all(text_batch["input_ids"], text_batch["attention_mask"],
+                                                tasks=text_tasks))
         pairs = [x.get("text_pair") if isinstance(x, dict) else None for x in inputs]
         if self.pair_tasks and all(pairs):
             with self._tokenizer_lock:

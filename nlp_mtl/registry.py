@@ -5,6 +5,7 @@ A new task type, head or data format is one module with one decorator; nothing e
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -14,9 +15,17 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        # The module that registers the built-in entries, imported on first lookup: importing
+        # it up front would make `import nlp_mtl` (and `nlp-mtl --help`) pay for torch and sklearn.
+        self._builtins: str | None = builtins
+
+    def _load_builtins(self) -> None:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -28,6 +37,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str, where: str = "") -> T:
+        self._load_builtins()
         if name not in self._entries:
             prefix = f"{where}: " if where else ""
             raise ConfigError(
@@ -37,12 +47,14 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
 
-TASK_TYPES: Registry = Registry("task type")
-HEADS: Registry = Registry("head type")
-READERS: Registry = Registry("data format")
+TASK_TYPES: Registry = Registry("task type", builtins="nlp_mtl.task_types")
+HEADS: Registry = Registry("head type", builtins="nlp_mtl.model.heads")
+READERS: Registry = Registry("data format", builtins="nlp_mtl.data.readers")

@@ -7,6 +7,8 @@
       checkpoints/last/      resumable state: model, optimizer, scheduler, sampler position, RNG
       metrics.jsonl          training and validation metrics, one JSON object per line
       reports/               <task>.<split>.txt/.json, summary.<split>.txt/.json
+      plots/                 PNG curves, confusion matrices, per-entity F1 (nlp-mtl report adds report.html)
+      logs/                  tracker output (TensorBoard events with training.log_with: auto/tensorboard)
       FINISHED               written last: the run completed
 """
 
@@ -52,12 +54,15 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         # Only reached with --overwrite or for a fresh directory: the old run's outputs go, so
         # nothing of it can be mistaken for the new one.
-        for stale in (self.finished_path, self.metrics_path, self.experiment_path):
+        for stale in (self.finished_path, self.metrics_path, self.experiment_path, self.path / "report.html"):
             stale.unlink(missing_ok=True)
-        for stale_dir in (self.path / "checkpoints", self.path / "reports", self.model_dir):
+        for stale_dir in (self.path / "checkpoints", self.path / "reports", self.model_dir, self.path / "plots",
+                          self.path / "logs"):
             shutil.rmtree(stale_dir, ignore_errors=True)
 
     def write_experiment(self, config: ExperimentConfig, specs: list[TaskSpec]) -> None:
+        # Specs built in Python are stored below with the others; the config refers to them by name.
+        config = replace(config, tasks=[t.name if isinstance(t, TaskSpec) else t for t in config.tasks])
         payload = {
             "config": to_mapping(config),
             "config_source": config.source,

@@ -86,6 +86,16 @@ class MultiTaskModel(nn.Module):
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         return {name: self.heads[name](hidden, attention_mask) for name in names}
 
+    def predict(self, inputs: str | dict[str, str] | list[str | dict[str, str]], batch_size: int = 32) -> Any:
+        """Every task's prediction for raw text: entities for token tasks, label and probability
+        for sequence tasks. A list in, a list out; one text in, one result out. Puts the model in
+        eval mode. For many calls, keep a :class:`nlp_mtl.inference.Predictor` instead."""
+        from ..inference import Predictor
+
+        single = not isinstance(inputs, list)
+        results = Predictor(self, batch_size).predict([inputs] if single else inputs)
+        return results[0] if single else results
+
     # ---- saving and loading -------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -10,6 +10,7 @@ A resumable checkpoint is written periodically; ``resume=True`` continues from i
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..run_dir import RunDir
 from ..task_types import TaskReport
 from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
+from .tracking import flat_hyperparameters, resolve_trackers
 
 
 class NonFiniteLoss(UserError):
@@ -75,6 +77,9 @@ def count_steps(config: ExperimentConfig, train_sizes: list[int], global_batch: 
 
 def check_max_length(specs: list[TaskSpec], encoder_config: Any) -> None:
     limit = getattr(encoder_config, "max_position_embeddings", None)
+    if limit and encoder_config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        # Their position ids start after the padding index: 514 positions hold 512 tokens.
+        limit -= (encoder_config.pad_token_id or 0) + 1
     for spec in specs:
         if limit and spec.max_length > limit:
             raise UserError(f"{spec.source}: max_length {spec.max_length} exceeds the backbone's "
@@ -117,7 +122,10 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
 
     started = time.perf_counter()
     tc = config.training
+    trackers = resolve_trackers(tc.log_with)
     accelerator = Accelerator(
+        log_with=trackers or None,
+        project_dir=str(run.path / "logs"),
         # Without a GPU, accelerate only forms a gloo process group (torchrun, accelerate launch)
         # when told it runs on CPU; otherwise each process would train alone.
         cpu=not torch.cuda.is_available(),
@@ -155,6 +163,8 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
                     f"max_length={task.spec.max_length} were truncated.")
     if main and not resume:
         run.write_experiment(config, specs)
+    if trackers:
+        accelerator.init_trackers(config.name, config=flat_hyperparameters(config))
 
     model = MultiTaskModel(encoder, head_infos(tasks), tokenizer)
     if checkpoint is not None:
@@ -257,17 +267,24 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             bar.set_postfix({n: f"{v:.3f}" for n, v in shown.items()})
             log.write({"event": "train", "step": done, "lr": scheduler.get_last_lr()[0], "loss": losses,
                        "batches": {n: c for n, c in counts.items() if c}})
+            if trackers:
+                accelerator.log({"lr": scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in losses.items()}},
+                                step=done // accum)
             running = {n: torch.zeros((), device=device) for n in by_name}
             counts = dict.fromkeys(by_name, 0)
         evaluated = False
         if has_validation and (done % eval_every == 0 or done == micro_steps):
             evaluated = True
             reports = evaluate_tasks(accelerator.unwrap_model(model), tasks, "validation", tc.eval_batch_size,
-                                     pad_id, device, accelerator)
+                                     pad_id, device, accelerator, quiet=quiet)
             score = _score(reports, tasks)
             improved = state.best_score is None or score > state.best_score
             log.write({"event": "validation", "step": done, "score": score,
                        "metrics": {n: r.metrics for n, r in reports.items()}})
+            if trackers:
+                accelerator.log({"validation/mean_main_metric": score, **{
+                    f"validation/{n}/{k}": v for n, r in reports.items() for k, v in r.metrics.items()
+                    if isinstance(v, (int, float))}}, step=done // accum)
             say(f"\nstep {done}: validation " + ", ".join(
                 f"{n} {t.metric}={100 * reports[n].metrics[t.metric]:.2f}" for n, t in by_name.items()) +
                 f" | mean {100 * score:.2f}" + (" (best)" if improved else ""))
@@ -295,14 +312,31 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     result = TrainResult(run.path, micro_steps, state.best_step, state.best_score)
     main_metrics = {t.name: t.metric for t in tasks}
     for split in ("validation", "test"):
-        reports = evaluate_tasks(final, tasks, split, tc.eval_batch_size, pad_id, device, accelerator)
+        reports = evaluate_tasks(final, tasks, split, tc.eval_batch_size, pad_id, device, accelerator, quiet=quiet)
         if reports and main:
             summary = write_reports(run.path, reports, split, main_metrics)
             say(f"\n{split} results:\n{summary}")
         if split == "test":
             result.test_reports = reports
+        if trackers and reports:
+            accelerator.log({f"final_{split}/{n}/{k}": v for n, r in reports.items() for k, v in r.metrics.items()
+                             if isinstance(v, (int, float))}, step=micro_steps // accum)
     result.seconds = time.perf_counter() - started
     log.write({"event": "end", "steps": micro_steps, "best_step": state.best_step, "seconds": round(result.seconds, 1)})
+    if trackers:
+        accelerator.end_training()
     if main:
         run.mark_finished(result.seconds)
+        _write_plots(run)
     return result
+
+
+def _write_plots(run: RunDir) -> None:
+    """Plots are a convenience: a failure here must not cost a finished run (nlp-mtl report retries)."""
+    try:
+        from ..reporting import write_plots
+
+        write_plots(run.path)
+    except Exception as err:  # noqa: BLE001  (any plotting problem, matplotlib's included)
+        logging.getLogger(__name__).warning("could not write plots into %s: %s (nlp-mtl report %s retries)",
+                                            run.path / "plots", err, run.path)

@@ -1,0 +1,227 @@
+"""Export one task of a multi-task model as a plain Hugging Face model directory.
+
+The result is what serving code already loads: ``AutoModelForTokenClassification`` or
+``AutoModelForSequenceClassification`` with ``id2label``/``label2id`` and the tokenizer, so
+``transformers.pipeline(...)`` works on it. Token heads and first-token (``pooling: cls``)
+sequence heads map onto the encoder family's stock class; where the family's stock head
+computes something else (mean pooling, or a ReLU/GELU pooler), the directory carries a small
+modeling file and loads with ``trust_remote_code=True``.
+
+Every export is checked before it is moved into place: the directory is loaded back through
+the Auto class, exactly as a user would, and its logits must equal the multi-task model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError, did_you_mean
+from .model import MultiTaskModel
+from .model.heads import SequenceClassificationHead, TokenClassificationHead
+from .model.multitask import replace_dir
+
+CUSTOM_MODULE = "modeling_nlp_mtl"
+CUSTOM_CLASS = "NlpMtlForSequenceClassification"
+# Families whose stock sequence-classification head is [CLS] -> Linear -> tanh -> Linear, like
+# ours with pooling: cls, and where that dense layer lives in the exported state dict.
+_TANH_POOLER_AT = {
+    "bert": ("{base}.pooler.dense", "classifier"),
+    "roberta": ("classifier.dense", "classifier.out_proj"),
+    "xlm-roberta": ("classifier.dense", "classifier.out_proj"),
+    "camembert": ("classifier.dense", "classifier.out_proj"),
+    # DeBERTa's ContextPooler reads its activation from the config; the export sets it to tanh.
+    "deberta-v2": ("pooler.dense", "classifier"),
+    "deberta": ("pooler.dense", "classifier"),
+}
+# Checked-equal tolerance between the multi-task model and the export (fp32, same kernels).
+TOLERANCE = 1e-4
+PROBE_TEXTS = [
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn lives in Brussels and works for the United Nations .",
+    "What is the capital of Peru ?",
+    "a gripping , funny and deeply moving film",
+]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    architecture: str
+    pipeline_task: str
+    remote_code: bool
+    max_abs_diff: float
+
+    def usage(self) -> str:
+        extra = ", trust_remote_code=True" if self.remote_code else ""
+        aggregation = ', aggregation_strategy="first"' if self.pipeline_task == "token-classification" else ""
+        return f'pipeline("{self.pipeline_task}", model="{self.path}"{aggregation}{extra})'
+
+
+def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool = False) -> ExportResult:
+    """Write task ``task`` of the model (or run directory) ``source`` to ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it.")
+    model = MultiTaskModel.from_pretrained(source)
+    if task not in model.tasks:
+        raise UserError(f"--task {task}: no such task in {source}; it has {', '.join(model.tasks)}"
+                        f"{did_you_mean(task, model.tasks)}.")
+    info, head = model.tasks[task], model.heads[task]
+    config = copy.deepcopy(model.encoder.config)
+    config.id2label = dict(enumerate(info.labels))
+    config.label2id = {label: i for i, label in enumerate(info.labels)}
+    config.nlp_mtl_task = task
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if isinstance(head, TokenClassificationHead):
+            hf_model, remote = _stock_token_model(model, head, config), False
+            pipeline_task = "token-classification"
+        elif isinstance(head, SequenceClassificationHead):
+            hf_model = _stock_sequence_model(model, head, config)
+            remote = hf_model is None
+            if remote:
+                hf_model = _custom_sequence_model(model, head, config, tmp)
+            pipeline_task = "text-classification"
+        else:
+            raise UserError(f"task '{task}': heads of type '{info.head}' have no Hugging Face export.")
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer = copy.deepcopy(model.tokenizer)
+        # pipeline(..., truncation=True) then cuts inputs where training and `nlp-mtl predict` do.
+        tokenizer.model_max_length = info.max_length
+        tokenizer.save_pretrained(tmp)
+        result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, 0.0)
+        result.max_abs_diff = _check_equal(model, task, tmp, pipeline_task, remote)
+        (tmp / "README.md").write_text(_model_card(source, task, info.labels, result))
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _copy_base(model: MultiTaskModel, hf_model: Any) -> list[str]:
+    """Load our encoder's weights into the stock model's base; returns the base keys left unset."""
+    base = getattr(hf_model, hf_model.base_model_prefix)
+    missing, unexpected = base.load_state_dict(model.encoder.state_dict(), strict=False)
+    if unexpected:
+        raise RuntimeError(f"export: encoder weights {unexpected[:3]} have no place in {type(hf_model).__name__}")
+    return list(missing)
+
+
+def _set_linear(hf_model: Any, dotted: str, source: torch.nn.Linear) -> None:
+    target = hf_model.get_submodule(dotted)
+    target.load_state_dict(source.state_dict())
+
+
+def _stock_token_model(model: MultiTaskModel, head: TokenClassificationHead, config: Any) -> Any:
+    from transformers import AutoModelForTokenClassification
+
+    hf_model = AutoModelForTokenClassification.from_config(config)
+    missing = _copy_base(model, hf_model)
+    if missing:
+        raise RuntimeError(f"export: {type(hf_model).__name__} expects weights the encoder lacks: {missing[:3]}")
+    _set_linear(hf_model, "classifier", head.classifier)
+    return hf_model.eval()
+
+
+def _stock_sequence_model(model: MultiTaskModel, head: SequenceClassificationHead, config: Any) -> Any | None:
+    """The family's stock class when it computes exactly our head; None otherwise."""
+    from transformers import AutoModelForSequenceClassification
+
+    places = _TANH_POOLER_AT.get(config.model_type)
+    if head.pooling != "cls" or places is None:
+        return None
+    if config.model_type.startswith("deberta"):
+        config.pooler_hidden_act = "tanh"
+        config.pooler_hidden_size = config.hidden_size
+    hf_model = AutoModelForSequenceClassification.from_config(config)
+    missing = _copy_base(model, hf_model)
+    dense_at, classifier_at = (p.format(base=hf_model.base_model_prefix) for p in places)
+    unexplained = [k for k in missing if not f"{hf_model.base_model_prefix}.{k}".startswith(dense_at.rsplit(".", 1)[0])]
+    if unexplained:
+        raise RuntimeError(f"export: {type(hf_model).__name__} expects weights the encoder lacks: {unexplained[:3]}")
+    _set_linear(hf_model, dense_at, head.dense)
+    _set_linear(hf_model, classifier_at, head.classifier)
+    return hf_model.eval()
+
+
+def _custom_sequence_model(model: MultiTaskModel, head: SequenceClassificationHead, config: Any, directory: Path) -> Any:
+    template = Path(__file__).with_name("export_modeling.py").read_text()
+    family_config, family_model = type(config).__name__, type(model.encoder).__name__
+    source = template.replace("import BertConfig as FamilyConfig", f"import {family_config} as FamilyConfig", 1)
+    source = source.replace("import BertModel as FamilyModel", f"import {family_model} as FamilyModel", 1)
+    module_path = directory / f"{CUSTOM_MODULE}.py"
+    module_path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"_nlp_mtl_export_{id(directory)}", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config.nlp_mtl_pooling = head.pooling
+    config.auto_map = {"AutoModelForSequenceClassification": f"{CUSTOM_MODULE}.{CUSTOM_CLASS}"}
+    config.architectures = [CUSTOM_CLASS]
+    hf_model = getattr(module, CUSTOM_CLASS)(config)
+    hf_model.encoder.load_state_dict(model.encoder.state_dict())
+    if head.pooling == "cls":
+        _set_linear(hf_model, "dense", head.dense)
+    _set_linear(hf_model, "classifier", head.classifier)
+    return hf_model.eval()
+
+
+@torch.inference_mode()
+def _check_equal(model: MultiTaskModel, task: str, directory: Path, pipeline_task: str, remote: bool) -> float:
+    """Load ``directory`` back as a user would and compare its logits with ours on probe texts."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    auto = AutoModelForTokenClassification if pipeline_task == "token-classification" else AutoModelForSequenceClassification
+    exported = auto.from_pretrained(directory, trust_remote_code=remote).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    batch = tokenizer(PROBE_TEXTS, padding=True, truncation=True, return_tensors="pt")
+    theirs = exported(**batch).logits
+    ours = model.cpu().encode_all(batch["input_ids"], batch["attention_mask"], [task],
+                                  token_type_ids=batch.get("token_type_ids"))[task]
+    mask = batch["attention_mask"].bool()
+    if pipeline_task == "token-classification":
+        theirs, ours = theirs[mask], ours[mask]
+    diff = float((theirs - ours).abs().max())
+    if not diff <= TOLERANCE:
+        raise RuntimeError(f"export of '{task}': exported logits differ from the multi-task model's by {diff:.2e}")
+    return diff
+
+
+def _model_card(source: str | Path, task: str, labels: list[str], result: ExportResult) -> str:
+    lines = [
+        f"# {task}",
+        "",
+        f"Exported by `nlp-mtl export` from `{source}`: task `{task}` as `{result.architecture}`.",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f"nlp = {result.usage()}",
+        "```",
+        "",
+        f"Labels: {', '.join(labels)}",
+        "",
+    ]
+    reports = Path(source) / "reports"
+    for split in ("test", "validation"):
+        path = reports / f"{task}.{split}.txt"
+        if path.is_file():
+            lines += [f"## Classification report ({split})", "", "```", path.read_text().rstrip(), "```", ""]
+    if result.remote_code:
+        lines += ["The head pools the encoder output in a way no stock class does, so the model class ships in",
+                  f"`{CUSTOM_MODULE}.py` (plain PyTorch + transformers) and needs `trust_remote_code=True`.", ""]
+    return "\n".join(lines)
+
+
+def export_summary(result: ExportResult) -> str:
+    return json.dumps({"path": str(result.path), "architecture": result.architecture,
+                       "pipeline": result.usage(), "max_abs_logit_diff": result.max_abs_diff})
