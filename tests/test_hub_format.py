@@ -28,3 +28,35 @@ def test_hub_dataset_from_disk_maps_classlabels_to_names(tmp_path):
                     data=DataSpec(format="hub", path=str(tmp_path / "seq"), columns={"text": "sentence"}))
     rows = load_task_data(spec, tmp_path).splits["train"]
     assert [(r["text"], r["label"]) for r in rows] == [("good", "pos"), ("bad", "neg")]
+
+
+def test_hub_name_goes_through_load_dataset(tmp_path, monkeypatch):
+    """`name:` is handed to datasets.load_dataset; offline, a local folder of JSON Lines files
+    is what it can load (the Hub resolves names the same way when it is reachable)."""
+    import json
+
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    for split, rows in (("train", [("great fun", "pos"), ("dull", "neg")]), ("test", [("superb", "pos")])):
+        with (folder / f"{split}.jsonl").open("w") as f:
+            for text, label in rows:
+                f.write(json.dumps({"text": text, "label": label}) + "\n")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    spec = TaskSpec(name="hubjson", type="sequence_classification", source=str(tmp_path / "s.yaml"),
+                    data=DataSpec(format="hub", name=str(folder)))
+    data = load_task_data(spec, tmp_path)
+    assert [(r["text"], r["label"]) for r in data.splits["train"]] == [("great fun", "pos"), ("dull", "neg")]
+    assert [r["text"] for r in data.splits["test"]] == ["superb"]
+
+
+def test_unreachable_hub_dataset_is_a_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from nlp_mtl.errors import DataError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = TaskSpec(name="nohub", type="sequence_classification", source=str(tmp_path / "s.yaml"),
+                    data=DataSpec(format="hub", name="surely-not/a-cached-dataset"))
+    with pytest.raises(DataError, match="surely-not/a-cached-dataset"):
+        load_task_data(spec, tmp_path)

@@ -1,0 +1,43 @@
+"""The Python API: train from config objects (no YAML), load, predict."""
+
+import json
+
+import nlp_mtl
+from nlp_mtl import (BackboneConfig, DataConfig, DataSpec, ExperimentConfig, MultiTaskModel, TaskEntry, TaskSpec,
+                     TrainingConfig)
+from nlp_mtl.config import CarvedSplit
+
+
+def test_train_from_python_objects_then_load_and_predict(data_dir, tiny_bert):
+    ner = nlp_mtl.load_task_spec(data_dir / "specs" / "toy_ner.yaml")
+    sent = TaskSpec(name="toy_sent", type="sequence_classification", max_length=32,
+                    data=DataSpec(format="jsonl", train="sent_train.jsonl", test="sent_test.jsonl",
+                                  validation=CarvedSplit(from_train=0.2, seed=1),
+                                  columns={"text": "sentence", "label": "polarity"}))
+    config = ExperimentConfig(
+        name="api", tasks=[ner, sent],
+        backbone=BackboneConfig(name=str(tiny_bert)),
+        data=DataConfig(root=str(data_dir / "data")),
+        training=TrainingConfig(batch_size=16, lr=3e-3, steps=120, evaluations=1, warmup_ratio=0.0, log_with="none"),
+    )
+    result = nlp_mtl.train(config, output_dir=data_dir / "run", quiet=True)
+    assert result.test_reports["toy_sent"].metrics["accuracy"] > 0.85
+    assert result.test_reports["toy_ner"].metrics["f1"] > 0.7
+    saved = json.loads((data_dir / "run" / "experiment.json").read_text())
+    assert saved["config"]["tasks"] == ["toy_ner", "toy_sent"]
+
+    model = MultiTaskModel.from_pretrained(data_dir / "run")
+    one = model.predict("alice visited paris .")
+    assert set(one["tasks"]) == {"toy_ner", "toy_sent"}
+    many = model.predict(["alice visited paris .", "bob saw london ."])
+    assert len(many) == 2 and many[0] == one
+
+
+def test_train_from_yaml_with_overrides(data_dir, tiny_bert):
+    from .conftest import write_experiment
+
+    config = write_experiment(data_dir, tiny_bert, ["toy_sent"])
+    result = nlp_mtl.train(config, output_dir=data_dir / "run", quiet=True,
+                           overrides=["training.steps=30", "training.log_with=none"])
+    assert result.steps == 30
+    assert TaskEntry(spec="x").spec == "x"
