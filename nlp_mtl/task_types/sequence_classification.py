@@ -9,6 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from ..data.encoding import EncodedSplit, Ragged
+from ..data.fast_tokenize import encode_batch, rust_tokenizer
 from ..config import TaskSpec
 from ..data.readers import Roles, Row
 from ..registry import TASK_TYPES
@@ -28,22 +29,20 @@ class SequenceClassification:
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
         pairs = any("text_pair" in r for r in rows)
+        backend = rust_tokenizer(tokenizer, max_length)
         ids, types, truncated = [], [], 0
-        for start in range(0, len(rows), 1000):
-            chunk = rows[start : start + 1000]
-            texts = [r["text"] for r in chunk]
-            args = (texts, [r.get("text_pair", "") for r in chunk]) if pairs else (texts,)
-            # Measured untruncated first, so that truncation is counted, never silent.
-            full = tokenizer(*args, truncation=False, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-            truncated += sum(len(x) > max_length for x in full)
-            enc = tokenizer(*args, truncation=True, max_length=max_length)
-            ids.extend(enc["input_ids"])
-            if pairs and "token_type_ids" in enc:
-                types.extend(enc["token_type_ids"])
+        for start in range(0, len(rows), 10000):
+            chunk = rows[start : start + 10000]
+            enc = encode_batch(backend, [r["text"] for r in chunk],
+                               [r.get("text_pair", "") for r in chunk] if pairs else None)
+            ids.extend(enc.input_ids)
+            types.extend(enc.type_ids)
+            truncated += sum(enc.truncated)
         return EncodedSplit(
             input_ids=Ragged.from_lists(ids),
             labels=np.array([label2id[r["label"]] for r in rows], dtype=np.int64),
-            token_type_ids=Ragged.from_lists(types) if types else None,
+            # Only encoders with segment embeddings use them, and only pairs have a segment 1.
+            token_type_ids=Ragged.from_lists(types) if pairs and "token_type_ids" in tokenizer.model_input_names else None,
             truncated=truncated,
         )
 

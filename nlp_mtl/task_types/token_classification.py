@@ -18,6 +18,7 @@ from sklearn.metrics import classification_report as sk_report
 from sklearn.metrics import f1_score as sk_f1
 
 from ..data.encoding import EncodedSplit, Ragged
+from ..data.fast_tokenize import encode_batch, rust_tokenizer
 from ..config import TaskSpec
 from ..data.readers import Roles, Row
 from ..registry import TASK_TYPES
@@ -93,12 +94,13 @@ class TokenClassification:
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
         ids, label_rows, word_rows, truncated = [], [], [], 0
-        for start in range(0, len(rows), 1000):
-            chunk = rows[start : start + 1000]
-            enc = tokenizer([r["tokens"] for r in chunk], is_split_into_words=True, truncation=True, max_length=max_length)
+        backend = rust_tokenizer(tokenizer, max_length)
+        for start in range(0, len(rows), 10000):
+            chunk = rows[start : start + 10000]
+            enc = encode_batch(backend, [r["tokens"] for r in chunk], words=True, with_word_ids=True)
             for i, row in enumerate(chunk):
-                label_ids, words = align_labels(enc.word_ids(i), row["tags"], label2id)
-                ids.append(enc["input_ids"][i])
+                label_ids, words = align_labels(enc.word_ids[i], row["tags"], label2id)
+                ids.append(enc.input_ids[i])
                 label_rows.append(label_ids)
                 word_rows.append(words)
                 truncated += bool(words) and words[-1] + 1 < len(row["tokens"])

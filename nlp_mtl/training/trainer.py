@@ -224,11 +224,15 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             say(f"note: {t.name} has no validation split; model selection uses the other tasks.")
     shown: dict[str, float] = {}
     bar = tqdm(total=micro_steps, initial=state.step, desc="training", disable=quiet, dynamic_ncols=True)
+    # Throughput per logging interval, evaluation time left out: what scripts/bench.py reads.
+    interval_start, interval_examples, interval_tokens, paused = time.perf_counter(), 0, 0, 0.0
     model.train()
     for step in range(state.step, micro_steps):
         name = sampler.task_at(step)
         task = by_name[name]
         indices = batches[name].next_shard(rank)
+        interval_examples += len(indices)
+        interval_tokens += int(task.encoded["train"].lengths[indices].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(task.encoded["train"], indices, pad_id).items()}
         with accelerator.accumulate(model):
             out = model(name, **batch)
@@ -265,13 +269,20 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             losses = {n: totals[i] / counts[n] for i, n in enumerate(by_name) if counts[n]}
             shown.update(losses)
             bar.set_postfix({n: f"{v:.3f}" for n, v in shown.items()})
+            seconds = time.perf_counter() - interval_start - paused
             log.write({"event": "train", "step": done, "lr": scheduler.get_last_lr()[0], "loss": losses,
-                       "batches": {n: c for n, c in counts.items() if c}})
+                       "batches": {n: c for n, c in counts.items() if c}, "seconds": round(seconds, 4),
+                       # this process's share; every process trains on as many
+                       "examples_per_s": round(interval_examples * world / seconds, 2),
+                       "tokens_per_s": round(interval_tokens * world / seconds, 1)})
+            interval_examples = interval_tokens = 0
             if trackers:
                 accelerator.log({"lr": scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in losses.items()}},
                                 step=done // accum)
             running = {n: torch.zeros((), device=device) for n in by_name}
             counts = dict.fromkeys(by_name, 0)
+            interval_start, paused = time.perf_counter(), 0.0
+        pause_start = time.perf_counter()
         evaluated = False
         if has_validation and (done % eval_every == 0 or done == micro_steps):
             evaluated = True
@@ -299,6 +310,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         periodic = tc.checkpoint_every and (done // accum) % tc.checkpoint_every == 0
         if done < micro_steps and at_boundary and (evaluated or periodic):
             snapshot(done)
+        paused += time.perf_counter() - pause_start  # evaluation and snapshots are not training time
     bar.close()
 
     final = accelerator.unwrap_model(model)
