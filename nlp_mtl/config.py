@@ -128,7 +128,8 @@ class TrainingConfig:
     steps: int | None = None
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # 'auto': bf16 where the hardware has it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     seed: int = 42
     evaluations: int = 3
     eval_every: int | None = None

@@ -97,23 +97,25 @@ class Predictor:
         results: list[dict[str, Any]] = [{"text": t, "tasks": {}} for t in texts]
         for name, task_logits in logits.items():
             info = self.model.tasks[name]
-            probs = task_logits.float().softmax(-1).cpu()
+            # Best label and its probability for every position at once: one tensor op per batch,
+            # then plain Python lists (per-position tensor indexing cost more than the encoder).
+            best_p, best = task_logits.float().softmax(-1).max(-1)
+            best_p, best = best_p.cpu().tolist(), best.cpu().tolist()
             for i, words in enumerate(split):
                 if info.task_type == "token_classification":
-                    results[i]["tasks"][name] = self._entities(words, word_ids[i], probs[i], info.labels)
+                    results[i]["tasks"][name] = self._entities(words, word_ids[i], best_p[i], best[i], info.labels)
                 else:
-                    p, label = probs[i].max(-1)
-                    results[i]["tasks"][name] = {"label": info.labels[int(label)], "probability": round(float(p), 4)}
+                    results[i]["tasks"][name] = {"label": info.labels[best[i]], "probability": round(best_p[i], 4)}
         return results
 
     @staticmethod
-    def _entities(words: Words, word_ids: list[int | None], probs: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    def _entities(words: Words, word_ids: list[int | None], best_p: list[float], best: list[int],
+                  labels: list[str]) -> dict[str, Any]:
         tags, scores = ["O"] * len(words.words), [1.0] * len(words.words)
         previous = None
         for position, word in enumerate(word_ids):
             if word is not None and word != previous:
-                p, label = probs[position].max(-1)
-                tags[word], scores[word] = labels[int(label)], float(p)
+                tags[word], scores[word] = labels[best[position]], best_p[position]
             previous = word
         found = []
         for kind, first, last in entities(tags):

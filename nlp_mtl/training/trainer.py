@@ -34,6 +34,7 @@ from ..run_dir import RunDir
 from ..task_types import TaskReport
 from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
+from .precision import resolve_precision
 from .tracking import flat_hyperparameters, resolve_trackers
 
 
@@ -123,13 +124,14 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     started = time.perf_counter()
     tc = config.training
     trackers = resolve_trackers(tc.log_with)
+    precision, precision_note = resolve_precision(tc.mixed_precision, torch.cuda.is_available())
     accelerator = Accelerator(
         log_with=trackers or None,
         project_dir=str(run.path / "logs"),
         # Without a GPU, accelerate only forms a gloo process group (torchrun, accelerate launch)
         # when told it runs on CPU; otherwise each process would train alone.
         cpu=not torch.cuda.is_available(),
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         # Each step trains one task, so the other heads get no gradient that step.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -138,6 +140,8 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     quiet = quiet or not main
     say = (lambda *a: None) if quiet else accelerator.print
     set_seed(tc.seed)
+    if precision_note:
+        say(precision_note)
 
     checkpoint = find_checkpoint(run.last_dir) if resume else None
     if resume and checkpoint is None:

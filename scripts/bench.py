@@ -1,0 +1,343 @@
+#!/usr/bin/env python
+"""Speed and memory of nlp-mtl against the Hugging Face Trainer, as ratios from ONE run.
+
+    python scripts/bench.py                 # everything, ~10 min on 2 cores
+    python scripts/bench.py --quick         # fewer steps and a 250k-example scale test
+
+Every phase runs back to back in this process (memory phases in child processes, so that each
+peak is its own) on the same model (the embedded MiniLM), data slice (CoNLL-2003 NER train),
+batch size and seed:
+
+1. matmul peak: fp32 and bf16 `nn.functional.linear` GFLOP/s at this model's shapes;
+2. training: nlp-mtl's trainer vs `transformers.Trainer` padding to 128, with dynamic padding,
+   and with `group_by_length`; samples/s, tokens/s and the encoder's effective GFLOP/s
+   (6 x non-embedding parameters x real tokens / s) as a fraction of the matmul peak;
+3. inference: one encoder pass serving an NER and a classification head vs two models;
+4. peak resident memory of training with 1, 2 and 3 tasks, and its growth per task;
+5. preprocessing synthetic sentence-classification data at two sizes: time and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 42
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process so far. Read from /proc: getrusage's ru_maxrss
+    survives exec on Linux, so a child started from a big parent would report the parent's."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- 1. matmul peak ----------------------------------------------------------------------
+
+def matmul_gflops(dtype_name: str, seconds: float = 2.0) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    # tokens x hidden -> intermediate, and back: the shapes that carry the encoder's FLOPs.
+    # The best of several short windows: the peak is what the cores can do, not a mean over
+    # moments when something else ran.
+    for m, k, n in ((640, 384, 1536), (640, 1536, 384), (2048, 384, 1536), (2048, 1536, 384)):
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        torch.nn.functional.linear(x, w)
+        for _ in range(5):
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 20:
+                torch.nn.functional.linear(x, w)
+                calls += 1
+            best = max(best, 2 * m * k * n * calls / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def native_bf16() -> bool:
+    from nlp_mtl.training.precision import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+# ---- 2. training -------------------------------------------------------------------------
+
+def ner_rows(limit: int):
+    from nlp_mtl.config import default_data_root, load_task_spec, resolve_task_path
+    from nlp_mtl.data.loading import load_task_data
+
+    spec = load_task_spec(resolve_task_path("conll2003_ner"))
+    data = load_task_data(spec, default_data_root(), {"train": limit, "validation": 64, "test": 64})
+    return data.splits["train"], data.labels
+
+
+def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str) -> dict:
+    from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
+    from nlp_mtl.run_dir import RunDir
+    from nlp_mtl.training import train
+
+    config = ExperimentConfig(
+        name="bench", tasks=[TaskEntry(spec="conll2003_ner")],
+        data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
+        training=TrainingConfig(batch_size=batch_size, steps=warmup + steps, log_every=warmup, eval_every=10**6,
+                                checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, RunDir(Path(tmp) / "run"), quiet=True)
+        events = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    timed = [e for e in events if e["event"] == "train"][1:]  # the first interval holds the warm-up
+    seconds = sum(e["seconds"] for e in timed)
+    return {"samples_per_s": sum(e["examples_per_s"] * e["seconds"] for e in timed) / seconds,
+            "tokens_per_s": sum(e["tokens_per_s"] * e["seconds"] for e in timed) / seconds}
+
+
+def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_size: int) -> dict:
+    import datasets
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainerCallback, TrainingArguments, default_data_collator)
+
+    from nlp_mtl.backbone import resolve_backbone
+
+    path = resolve_backbone("embedded")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    label2id = {label: i for i, label in enumerate(labels)}
+    padding = "max_length" if mode == "pad to 128" else False
+    enc = tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True, max_length=128,
+                    padding=padding)
+    aligned = []
+    for i, row in enumerate(rows):  # the usual recipe: the label on each word's first sub-token
+        previous, ids = None, []
+        for word in enc.word_ids(i):
+            ids.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
+            previous = word
+        aligned.append(ids)
+    dataset = datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                                          "labels": aligned})
+    real_tokens = sum(map(len, tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True,
+                                          max_length=128)["input_ids"])) / len(rows)
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(labels))
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks[state.global_step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=warmup + steps,
+                                 learning_rate=5e-5, warmup_steps=warmup, seed=SEED, report_to="none",
+                                 save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True,
+                                 dataloader_num_workers=0, **_group_by_length_kwargs(mode == "group_by_length"))
+        collator = default_data_collator if padding else DataCollatorForTokenClassification(tokenizer)
+        with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its own summary dict
+            Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                    callbacks=[Clock()]).train()
+    samples = batch_size * steps / (marks[warmup + steps] - marks[warmup])
+    # real (unpadded) tokens: the sampled batches are a uniform draw from the same slice
+    return {"samples_per_s": samples, "tokens_per_s": samples * real_tokens}
+
+
+def _group_by_length_kwargs(on: bool) -> dict:
+    """transformers 5 renamed `group_by_length=True` to `train_sampling_strategy="group_by_length"`."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"train_sampling_strategy": "group_by_length"} if on else {}
+    return {"group_by_length": on}
+
+
+def encoder_flops_per_token() -> float:
+    """6 x non-embedding parameters: forward + backward matmul FLOPs per token."""
+    from nlp_mtl.backbone import load_encoder, resolve_backbone
+
+    encoder = load_encoder(resolve_backbone("embedded"))
+    return 6 * sum(p.numel() for n, p in encoder.named_parameters() if "embeddings" not in n)
+
+
+# ---- 3. inference -------------------------------------------------------------------------
+
+def bench_inference(texts: list[str], repeats: int = 3) -> dict:
+    import torch
+
+    from nlp_mtl.backbone import load_encoder, load_tokenizer, resolve_backbone
+    from nlp_mtl.inference import Predictor
+    from nlp_mtl.model import MultiTaskModel, TaskHeadInfo
+
+    path = resolve_backbone("embedded")
+    ner = TaskHeadInfo("ner", "token_classification", "token_classification", ["O", "B-PER", "I-PER"])
+    cls = TaskHeadInfo("topic", "sequence_classification", "sequence_classification", ["a", "b"])
+    torch.manual_seed(SEED)
+    joint = Predictor(MultiTaskModel(load_encoder(path), [ner, cls], load_tokenizer(path)), batch_size=64)
+    separate = [Predictor(MultiTaskModel(load_encoder(path), [t], load_tokenizer(path)), batch_size=64)
+                for t in (ner, cls)]
+
+    def timed(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    one = timed(lambda: joint.predict(texts))
+    two = timed(lambda: [p.predict(texts) for p in separate])
+    return {"one_pass_texts_per_s": len(texts) / one, "two_models_texts_per_s": len(texts) / two}
+
+
+# ---- 4. memory per task (child processes) ---------------------------------------------------
+
+def memory_child(tasks: list[str], examples: int) -> None:
+    from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
+    from nlp_mtl.run_dir import RunDir
+    from nlp_mtl.training import train
+
+    config = ExperimentConfig(
+        name="mem", tasks=[TaskEntry(spec=t) for t in tasks],
+        data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
+        training=TrainingConfig(batch_size=32, steps=20, log_every=10, checkpoint_every=0, log_with="none", seed=SEED),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, RunDir(Path(tmp) / "run"), quiet=True)
+    print(json.dumps({"peak_mib": rss_mib()}))
+
+
+# ---- 5. preprocessing at scale (child processes) -------------------------------------------
+
+def scale_child(examples: int) -> None:
+    import random
+
+    from nlp_mtl.backbone import load_tokenizer, resolve_backbone
+    from nlp_mtl.config import DataSpec, TaskSpec
+    from nlp_mtl.data.pipeline import encode_all, load_all
+
+    tokenizer = load_tokenizer(resolve_backbone("embedded"))
+    rng = random.Random(SEED)
+    words = "the a movie film great awful plot actor story scene boring brilliant long short very not".split()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.jsonl"
+        with path.open("w") as f:
+            for _ in range(examples):
+                text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
+                f.write(json.dumps({"text": text, "label": rng.choice(["pos", "neg"])}) + "\n")
+        spec = TaskSpec(name="synthetic", type="sequence_classification", max_length=64,
+                        data=DataSpec(format="jsonl", train=str(path)), source=str(path))
+        baseline = rss_mib()
+        start = time.perf_counter()
+        tasks = encode_all(load_all([spec], Path(tmp)), tokenizer, quiet=True)
+        seconds = time.perf_counter() - start
+    assert len(tasks[0].encoded["train"]) == examples
+    print(json.dumps({"seconds": seconds, "peak_over_baseline_mib": rss_mib() - baseline}))
+
+
+def child(kind: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, f"--child-{kind}", *args], capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
+    if done.returncode:
+        sys.exit(f"bench child {kind} {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps; scale test at 250k examples only")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=4000, help="CoNLL-2003 training sentences to train on")
+    parser.add_argument("--json", help="also write all numbers to this JSON file")
+    parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--child-scale", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory:
+        return memory_child(args.child_memory, args.examples)
+    if args.child_scale:
+        return scale_child(args.child_scale)
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warmup, steps = (5, 15) if args.quick else (10, 40)
+    out: dict = {"machine": {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                             "threads": torch.get_num_threads(), "native_bf16": native_bf16()}}
+    print(f"machine: {out['machine']}", flush=True)
+
+    out["matmul_gflops"] = {"fp32": matmul_gflops("float32"), "bf16": matmul_gflops("bfloat16")}
+    print(f"1. matmul peak: fp32 {out['matmul_gflops']['fp32']:.1f} GFLOP/s, bf16 {out['matmul_gflops']['bf16']:.1f} "
+          f"GFLOP/s ({out['matmul_gflops']['bf16'] / out['matmul_gflops']['fp32']:.2f}x fp32)", flush=True)
+    precisions = ["no", "bf16"] if native_bf16() else ["no"]
+    if "bf16" not in precisions:
+        print("   bf16 training skipped: this CPU has no native bf16 (no avx512_bf16/amx), so bf16 matmuls are "
+              "emulated and slower than fp32", flush=True)
+
+    rows, labels = ner_rows(args.examples)
+    flops_per_token = encoder_flops_per_token()
+    train_rows = {}
+    for precision in precisions:
+        name = "nlp-mtl" + (" bf16" if precision == "bf16" else "")
+        train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision)
+        print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
+    for mode in ("pad to 128", "dynamic padding", "group_by_length"):
+        train_rows[f"Trainer, {mode}"] = bench_hf_trainer(rows, labels, mode, warmup, steps, args.batch_size)
+        print(f"2. Trainer, {mode}: {train_rows[f'Trainer, {mode}']['samples_per_s']:.1f} samples/s", flush=True)
+    baseline = train_rows["Trainer, group_by_length"]["samples_per_s"]
+    print(f"\ntraining, CoNLL-2003 NER, batch {args.batch_size}, {steps} timed steps after {warmup}:")
+    print(f"{'configuration':28s} {'samples/s':>10s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'% peak':>7s} "
+          f"{'vs Trainer+gbl':>15s}")
+    for name, row in train_rows.items():
+        peak = out["matmul_gflops"]["bf16" if name.endswith("bf16") else "fp32"]
+        row["gflops"] = flops_per_token * row["tokens_per_s"] / 1e9
+        row["fraction_of_peak"] = row["gflops"] / peak
+        row["vs_trainer_group_by_length"] = row["samples_per_s"] / baseline
+        print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
+              f"{100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:14.2f}x")
+    out["training"] = train_rows
+
+    texts = [" ".join(r["tokens"]) for r in rows[:512]]
+    out["inference"] = bench_inference(texts)
+    ratio = out["inference"]["one_pass_texts_per_s"] / out["inference"]["two_models_texts_per_s"]
+    out["inference"]["ratio"] = ratio
+    print(f"\n3. inference, NER + classification on {len(texts)} texts: one pass "
+          f"{out['inference']['one_pass_texts_per_s']:.1f} texts/s, two models "
+          f"{out['inference']['two_models_texts_per_s']:.1f} texts/s: {ratio:.2f}x", flush=True)
+
+    memory = {}
+    for tasks in (["conll2003_ner"], ["conll2003_ner", "trec_coarse"], ["conll2003_ner", "trec_coarse", "sst2"]):
+        memory[len(tasks)] = child("memory", *tasks)["peak_mib"]
+    out["memory_peak_mib"] = memory
+    growth = (memory[3] - memory[1]) / 2
+    print(f"\n4. peak resident memory, full fine-tuning: 1 task {memory[1]:.0f} MiB, 2 tasks {memory[2]:.0f} MiB, "
+          f"3 tasks {memory[3]:.0f} MiB: +{growth:.0f} MiB per added task (one shared encoder; each task adds "
+          f"its head and its tokenised data)", flush=True)
+
+    sizes = (100_000, 250_000) if args.quick else (250_000, 1_000_000)
+    scale = {n: child("scale", str(n)) for n in sizes}
+    out["preprocessing"] = scale
+    small, large = scale[sizes[0]], scale[sizes[1]]
+    print("\n5. preprocessing (read + validate + tokenise) synthetic sentences:")
+    for n, row in scale.items():
+        print(f"   {n:>9,} examples: {row['seconds']:.1f} s ({n / row['seconds']:,.0f}/s), peak "
+              f"{row['peak_over_baseline_mib']:.0f} MiB over the process baseline")
+    print(f"   time ratio {large['seconds'] / small['seconds']:.2f} for {sizes[1] / sizes[0]:.0f}x the data")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
