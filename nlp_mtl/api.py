@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ExperimentConfig, load_experiment
+from dataclasses import replace
+
+from .config import ExperimentConfig, TaskSpec, load_experiment
 from .run_dir import RunDir
+from .schema import from_mapping, to_mapping
 from .training import TrainResult
 from .training import train as _train
 
@@ -26,10 +29,20 @@ def train(config: str | Path | ExperimentConfig, output_dir: str | Path | None =
     if isinstance(config, ExperimentConfig):
         if overrides:
             raise ValueError("overrides apply to YAML configs; change the ExperimentConfig with dataclasses.replace")
+        check_config_object(config)
     else:
         config = load_experiment(config, list(overrides or []))
     run = RunDir(output_dir or config.output_dir or f"runs/{config.name}")
     return _train(config, run, quiet=quiet, overwrite=overwrite)
+
+
+def check_config_object(config: ExperimentConfig) -> None:
+    """Config objects built in Python get the checks a YAML file gets (types, choices, ranges)."""
+    plain = replace(config, tasks=[t.name if isinstance(t, TaskSpec) else t for t in config.tasks])
+    from_mapping(ExperimentConfig, to_mapping(plain), "ExperimentConfig")
+    for task in config.tasks:
+        if isinstance(task, TaskSpec):
+            from_mapping(TaskSpec, to_mapping(task), f"ExperimentConfig.tasks[{task.name}]")
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> TrainResult:

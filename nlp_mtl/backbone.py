@@ -58,7 +58,7 @@ def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
     _quiet_transformers()
     config = _load_config(name_or_path)
     # BERT's pooler is unused by our heads; leaving it out avoids 'unused parameter' errors in DDP.
-    kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta") else {}
+    kwargs: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert") else {}
     if safetensors_only:
         kwargs["use_safetensors"] = True
     try:

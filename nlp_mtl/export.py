@@ -69,6 +69,10 @@ class ExportResult:
 def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool = False) -> ExportResult:
     """Write task ``task`` of the model (or run directory) ``source`` to ``out``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a directory.")
+    if Path(source).resolve() == out.resolve() or out.resolve() in Path(source).resolve().parents:
+        raise UserError(f"--out {out}: would replace the model being exported ({source}); pick another directory.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it.")
     model = MultiTaskModel.from_pretrained(source)

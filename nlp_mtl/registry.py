@@ -24,8 +24,8 @@ class Registry(Generic[T]):
 
     def _load_builtins(self) -> None:
         if self._builtins is not None:
-            module, self._builtins = self._builtins, None
-            importlib.import_module(module)
+            importlib.import_module(self._builtins)  # a failed import raises here again next time
+            self._builtins = None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:

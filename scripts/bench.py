@@ -146,7 +146,8 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
             Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                     callbacks=[Clock()]).train()
     samples = batch_size * steps / (marks[warmup + steps] - marks[warmup])
-    # real (unpadded) tokens: the sampled batches are a uniform draw from the same slice
+    # Real (unpadded) tokens estimated from the slice's mean length; the timed batches are not a
+    # uniform draw (group_by_length sorts mega-batches longest first), so compare samples/s too.
     return {"samples_per_s": samples, "tokens_per_s": samples * real_tokens}
 
 
@@ -269,6 +270,8 @@ def main() -> None:
     if args.child_scale:
         return scale_child(args.child_scale)
 
+    # Every phase on the CPU, the Trainer included: ratios across devices would mean nothing.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
     from transformers.utils import logging as hf_logging
 

@@ -133,3 +133,13 @@ def test_every_encoder_family_exports_token_and_sequence_heads(family, tmp_path)
     # [CLS] -> dense -> tanh is the stock head of BERT and RoBERTa, and DeBERTa's with its activation set;
     # DistilBERT (ReLU) and ELECTRA (GELU) pool differently, so they carry their own class
     assert results["cls"].remote_code == (family in ("distilbert", "electra"))
+
+
+def test_export_refuses_a_file_or_the_source_itself_as_output(trained_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(trained_run), "--task", "toy_ner", "--out", str(tmp_path / "file")]) == 2
+    assert main(["export", str(trained_run), "--task", "toy_ner", "--out", str(trained_run), "--overwrite"]) == 2
+    assert main(["export", str(trained_run / "model"), "--task", "toy_ner", "--out", str(trained_run),
+                 "--overwrite"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert (trained_run / "model" / "multitask.json").is_file()

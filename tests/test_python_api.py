@@ -41,3 +41,14 @@ def test_train_from_yaml_with_overrides(data_dir, tiny_bert):
                            overrides=["training.steps=30", "training.log_with=none"])
     assert result.steps == 30
     assert TaskEntry(spec="x").spec == "x"
+
+
+def test_config_objects_get_the_yaml_checks(tmp_path):
+    import pytest
+
+    from nlp_mtl.errors import ConfigError
+
+    bad = ExperimentConfig(name="x", tasks=["conll2003_ner"], training=TrainingConfig(batch_size=0))
+    with pytest.raises(ConfigError, match="batch_size"):
+        nlp_mtl.train(bad, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -25,7 +25,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(requested: str, on_cuda: bool) -> tuple[str, str | None]:
     """(precision for accelerate, a note for the user or None)."""
-    native = torch.cuda.is_bf16_supported() if on_cuda else cpu_has_native_bf16()
+    native = torch.cuda.is_bf16_supported(including_emulation=False) if on_cuda else cpu_has_native_bf16()
     if requested == "auto":
         return ("bf16", None) if native else ("no", None)
     if requested == "bf16" and not native:

@@ -29,7 +29,8 @@ TRACKERS = {
 def _available(name: str) -> bool:
     import accelerate.utils
 
-    return bool(getattr(accelerate.utils, TRACKERS[name][0])())
+    # Older accelerate releases lack the checks for newer trackers: treat those as absent.
+    return bool(getattr(accelerate.utils, TRACKERS[name][0], lambda: False)())
 
 
 def check_tracker_names(log_with: str | list[str], where: str) -> None:

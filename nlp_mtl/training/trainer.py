@@ -274,11 +274,14 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             shown.update(losses)
             bar.set_postfix({n: f"{v:.3f}" for n, v in shown.items()})
             seconds = time.perf_counter() - interval_start - paused
+            if world > 1:  # length-sorted shards differ in length: count every process's tokens
+                interval_tokens = int(accelerator.reduce(torch.tensor(float(interval_tokens), device=device),
+                                                         reduction="sum").item())
             log.write({"event": "train", "step": done, "lr": scheduler.get_last_lr()[0], "loss": losses,
                        "batches": {n: c for n, c in counts.items() if c}, "seconds": round(seconds, 4),
                        # this process's share; every process trains on as many
                        "examples_per_s": round(interval_examples * world / seconds, 2),
-                       "tokens_per_s": round(interval_tokens * world / seconds, 1)})
+                       "tokens_per_s": round(interval_tokens / seconds, 1)})
             interval_examples = interval_tokens = 0
             if trackers:
                 accelerator.log({"lr": scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in losses.items()}},
