@@ -104,8 +104,8 @@ def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool 
         # pipeline(..., truncation=True) then cuts inputs where training and `nlp-mtl predict` do.
         tokenizer.model_max_length = info.max_length
         tokenizer.save_pretrained(tmp)
-        result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, 0.0)
-        result.max_abs_diff = _check_equal(model, task, tmp, pipeline_task, remote)
+        diff = _check_equal(model, task, tmp, pipeline_task, remote)
+        result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, diff)
         (tmp / "README.md").write_text(_model_card(source, task, info.labels, result))
         replace_dir(tmp, out)
     finally:
@@ -151,7 +151,8 @@ def _stock_sequence_model(model: MultiTaskModel, head: SequenceClassificationHea
     hf_model = AutoModelForSequenceClassification.from_config(config)
     missing = _copy_base(model, hf_model)
     dense_at, classifier_at = (p.format(base=hf_model.base_model_prefix) for p in places)
-    unexplained = [k for k in missing if not f"{hf_model.base_model_prefix}.{k}".startswith(dense_at.rsplit(".", 1)[0])]
+    # BERT's base model carries the pooler our encoder leaves out; it is filled from the head below.
+    unexplained = [k for k in missing if not k.startswith("pooler.")]
     if unexplained:
         raise RuntimeError(f"export: {type(hf_model).__name__} expects weights the encoder lacks: {unexplained[:3]}")
     _set_linear(hf_model, dense_at, head.dense)

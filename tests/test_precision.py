@@ -18,5 +18,10 @@ def test_explicit_bf16_on_emulating_cpu_is_kept_but_warned(monkeypatch):
     assert chosen == "bf16" and "emulated" in note and "slower" in note
 
 
-def test_cpu_flags_are_read(monkeypatch, tmp_path):
-    assert isinstance(precision.cpu_has_native_bf16(), bool)
+def test_cpu_flags_are_read_from_cpuinfo():
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert not precision.cpu_has_native_bf16(avx2_only)
+    assert precision.cpu_has_native_bf16(sapphire)
+    # a flag name inside another word does not count
+    assert not precision.cpu_has_native_bf16("flags\t\t: avx512_bf16x\n")

@@ -35,6 +35,8 @@ def test_tensorboard_gets_losses_and_validation_metrics(data_dir, tiny_bert):
     jsonl_losses = [r["loss"]["toy_sent"] for r in logged if r["event"] == "train"]
     tb_losses = [e.value for e in events.Scalars("loss/toy_sent")]
     assert tb_losses == pytest.approx(jsonl_losses, rel=1e-5)
+    # same x-axis as metrics.jsonl and the report's plots
+    assert [e.step for e in events.Scalars("loss/toy_sent")] == [r["step"] for r in logged if r["event"] == "train"]
 
 
 def test_log_with_none_writes_no_tracker_files(data_dir, tiny_bert):

@@ -8,9 +8,7 @@ with its own matplotlib setup) is left exactly as it was.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from ..fileio import atomic_write
 from .run_data import RunData, TaskInfo, load_run, main_metric
 
 DPI = 150
@@ -63,24 +62,11 @@ def _style(ax: Axes, title: str, xlabel: str = "", ylabel: str = "") -> None:
     ax.set_axisbelow(True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # fileio.atomic_write is text-only; same pattern for bytes so a reader never sees half a PNG.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())  # a reader never sees half a PNG
     return path
 
 

@@ -15,10 +15,12 @@ import torch
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_has_native_bf16() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        flags = cpuinfo.read_text(errors="replace")
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """``cpuinfo``: the text of /proc/cpuinfo (read when not given)."""
+    if cpuinfo is None and Path("/proc/cpuinfo").exists():
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    if cpuinfo is not None:
+        flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
         return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")  # no /proc: a best guess
 

@@ -75,3 +75,9 @@ def flat_hyperparameters(config: Any) -> dict[str, Any]:
 
     walk("", to_mapping(config))
     return flat
+
+
+def scalar_metrics(prefix: str, reports: dict[str, Any]) -> dict[str, float]:
+    """``{prefix/task/metric: value}`` for the numeric metrics of each task's report."""
+    return {f"{prefix}/{task}/{key}": value for task, report in reports.items()
+            for key, value in report.metrics.items() if isinstance(value, (int, float))}

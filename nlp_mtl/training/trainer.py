@@ -35,7 +35,7 @@ from ..task_types import TaskReport
 from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .precision import resolve_precision
-from .tracking import flat_hyperparameters, resolve_trackers
+from .tracking import flat_hyperparameters, resolve_trackers, scalar_metrics
 
 
 class NonFiniteLoss(UserError):
@@ -285,7 +285,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             interval_examples = interval_tokens = 0
             if trackers:
                 accelerator.log({"lr": scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in losses.items()}},
-                                step=done // accum)
+                                step=done)
             running = {n: torch.zeros((), device=device) for n in by_name}
             counts = dict.fromkeys(by_name, 0)
             interval_start, paused = time.perf_counter(), 0.0
@@ -300,9 +300,8 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             log.write({"event": "validation", "step": done, "score": score,
                        "metrics": {n: r.metrics for n, r in reports.items()}})
             if trackers:
-                accelerator.log({"validation/mean_main_metric": score, **{
-                    f"validation/{n}/{k}": v for n, r in reports.items() for k, v in r.metrics.items()
-                    if isinstance(v, (int, float))}}, step=done // accum)
+                accelerator.log({"validation/mean_main_metric": score, **scalar_metrics("validation", reports)},
+                                step=done)
             say(f"\nstep {done}: validation " + ", ".join(
                 f"{n} {t.metric}={100 * reports[n].metrics[t.metric]:.2f}" for n, t in by_name.items()) +
                 f" | mean {100 * score:.2f}" + (" (best)" if improved else ""))
@@ -338,8 +337,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         if split == "test":
             result.test_reports = reports
         if trackers and reports:
-            accelerator.log({f"final_{split}/{n}/{k}": v for n, r in reports.items() for k, v in r.metrics.items()
-                             if isinstance(v, (int, float))}, step=micro_steps // accum)
+            accelerator.log(scalar_metrics(f"final_{split}", reports), step=micro_steps)
     result.seconds = time.perf_counter() - started
     log.write({"event": "end", "steps": micro_steps, "best_step": state.best_step, "seconds": round(result.seconds, 1)})
     if trackers:
