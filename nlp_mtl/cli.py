@@ -1,4 +1,4 @@
-"""The ``nlp-mtl`` command line: train, evaluate, predict, export, report, tasks validate/list."""
+"""The ``nlp-mtl`` command line: train, evaluate, predict, export, report, meta-train, adapt, tasks."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ EXAMPLES = {
               '         python -c "from transformers import pipeline; '
               'print(pipeline(\'token-classification\', model=\'exported/ner\', aggregation_strategy=\'first\')(\'John lives in Berlin.\'))"',
     "report": "example: nlp-mtl report runs/joint --output joint_report.html",
+    "meta-train": "example: nlp-mtl meta-train configs/meta_ner_trec_sst2.yaml --set meta.episodes=200",
+    "adapt": "example: nlp-mtl adapt runs/meta --task tasks/conll2003_chunk.yaml --shots 16 --seeds 5\n"
+             "         nlp-mtl adapt runs/meta --task my_task.yaml --shots 8 --init fresh --save adapted/my_task",
     "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
     "tasks list": "example: nlp-mtl tasks list",
 }
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help='JSONL file: one {"text": ...} (and optional "text_pair") per line')
     p.add_argument("--output", help="write JSONL here instead of stdout")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--add-task", action="append", default=[], metavar="DIR",
+                   help="also predict a task saved with 'export --adapter-only' or 'adapt --save' (repeatable)")
 
     p = sub.add_parser("export", help="write one task as a plain Hugging Face model that pipeline() loads",
                        epilog=EXAMPLES["export"], formatter_class=fmt)
@@ -66,11 +71,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task to export (see RUN_DIR/model/multitask.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the model, tokenizer and model card to")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="write only the task's adapter + head (safetensors + JSON), to load onto the base encoder")
 
     p = sub.add_parser("report", help="write plots and a self-contained HTML report for a run",
                        epilog=EXAMPLES["report"], formatter_class=fmt)
     p.add_argument("run_dir")
     p.add_argument("--output", metavar="FILE", help="write the page here (default: RUN_DIR/report.html)")
+
+    p = sub.add_parser("meta-train", help="meta-learn an adapter initialisation from episodes of the config's tasks",
+                       epilog=EXAMPLES["meta-train"], formatter_class=fmt)
+    p.add_argument("config", help="experiment config YAML with 'adapters:' and 'meta:' sections")
+    p.add_argument("--output-dir", help="run directory (default: output_dir in the config, else runs/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. meta.episodes=200 (repeatable)")
+    p.add_argument("--data-root", help="folder that relative data paths in task specs resolve against")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+
+    p = sub.add_parser("adapt", help="few-shot: adapt a run's adapter initialisation to a new task, per seed",
+                       epilog=EXAMPLES["adapt"], formatter_class=fmt)
+    p.add_argument("run_dir", help="run directory (meta-train or train) or saved model directory")
+    p.add_argument("--task", required=True, help="spec file (or built-in name) of the new task")
+    p.add_argument("--shots", type=_positive_int, default=16, help="examples per class (token tasks: per entity/tag type)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (1..N), each a new sample")
+    p.add_argument("--init", default="auto",
+                   help="meta, fresh, full, or an adapter group of the run (default: meta if the run has it)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
+    p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")
+    p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")
+    p.add_argument("--test-limit", type=_positive_int, help="score on the first N test examples only")
+    p.add_argument("--data-root", help="folder that relative data paths resolve against")
+    p.add_argument("--output", metavar="FILE", help="JSON summary (default: RUN_DIR/adapt/<task>.<K>shot.<init>.json)")
+    p.add_argument("--save", metavar="DIR", help="save the last seed's adapter + head as a task package")
 
     p = sub.add_parser("tasks", help="check or list task spec files", formatter_class=fmt,
                        epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"])
@@ -193,7 +225,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             inputs.append(obj)
     if not inputs:
         raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
-    predictor = Predictor(MultiTaskModel.from_pretrained(args.run_dir, device=_device()), batch_size=args.batch_size)
+    model = MultiTaskModel.from_pretrained(args.run_dir, device=_device())
+    if args.add_task:
+        from .model.task_package import load_task_package
+
+        for package in args.add_task:
+            load_task_package(model, package)
+    predictor = Predictor(model, batch_size=args.batch_size)
     results = predictor.predict(inputs, progress=not args.quiet and len(inputs) > args.batch_size)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.output:
@@ -217,10 +255,71 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_task
 
+    if args.adapter_only:
+        from .model import MultiTaskModel
+        from .model.task_package import save_task_package
+
+        path = save_task_package(MultiTaskModel.from_pretrained(args.run_dir), args.task, args.out, args.overwrite)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        print(f"wrote '{args.task}' (adapter + head, {size / 1e6:.2f} MB) to {path}; "
+              f"use it with: nlp-mtl predict {args.run_dir} --add-task {path} --text ...")
+        return 0
+
     result = export_task(args.run_dir, args.task, args.out, overwrite=args.overwrite)
     print(f"exported '{args.task}' as {result.architecture} to {result.path} "
           f"(logits checked equal to the multi-task model's, max difference {result.max_abs_diff:.1e})")
     print(f"load it with: from transformers import pipeline; nlp = {result.usage()}")
+    return 0
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from .config import load_experiment
+    from .fewshot.meta import meta_train
+    from .run_dir import RunDir
+
+    config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
+    run = RunDir(args.output_dir or config.output_dir or f"runs/{config.name}")
+    result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"meta-training took {result.seconds / 60:.1f} min")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .config import default_data_root, load_task_spec, resolve_task_path
+    from .fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task, write_summary
+    from .model import MultiTaskModel
+    from .run_dir import RunDir
+
+    if args.lr <= 0:
+        raise UserError(f"--lr: expected a number > 0, got {args.lr}.")
+    spec = load_task_spec(resolve_task_path(args.task))
+    run = RunDir(args.run_dir)
+    if args.data_root:
+        root = Path(args.data_root).resolve()
+    elif run.experiment_path.is_file():
+        root = run.read_experiment()[2]
+    else:
+        root = default_data_root()
+    model = MultiTaskModel.from_pretrained(run.path, device=_device())
+    task = load_new_task(spec, root, model.tokenizer, args.test_limit)
+    settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
+                             epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
+
+    def show(result) -> None:
+        print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps; "
+              f"per class {result.per_class}\n{result.report}")
+
+    summary = few_shot_adapt(model, task, settings, source=str(run.path), quiet=args.quiet, on_seed=show)
+    print(summary.headline())
+    output = Path(args.output) if args.output else run.path / "adapt" / f"{task.name}.{args.shots}shot.{summary.init}.json"
+    write_summary(summary, output)
+    print(f"summary written to {output}")
+    if args.save:
+        from .model.task_package import save_task_package
+
+        save_task_package(model, task.name, args.save, overwrite=True)
+        print(f"adapter + head of seed {summary.seeds[-1].seed} saved to {args.save}")
     return 0
 
 
@@ -259,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-                "report": cmd_report, "tasks": cmd_tasks}
+                "report": cmd_report, "tasks": cmd_tasks, "meta-train": cmd_meta_train, "adapt": cmd_adapt}
     try:
         return handlers[args.command](args)
     except UserError as err:

@@ -182,6 +182,85 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """Per-task adapters on a (by default frozen) shared encoder."""
+
+    # none | lora | houlsby | pfeiffer (registry: nlp_mtl.model.adapters.ADAPTERS)
+    type: str = "none"
+    # The adapter type's own options, e.g. {rank: 8, alpha: 16} for lora, {reduction_factor: 16}
+    # for houlsby/pfeiffer; checked against that type's option dataclass.
+    options: dict[str, Any] = field(default_factory=dict)
+    train_backbone: bool = False
+    # Adapters (and, with a frozen backbone, heads) learn at this rate; training.lr is the encoder's.
+    lr: float = 1e-3
+    # Tasks that share one adapter: {group: [task, ...]}; every other task gets its own.
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
+
+    def validate(self, where: str) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: expected a number > 0, got {self.lr}.")
+        if not self.enabled:
+            if self.options or self.groups:
+                raise ConfigError(f"{where}: options/groups given but type is 'none'; set type: lora, houlsby or pfeiffer.")
+            return
+        from .model.adapters import parse_options
+
+        parse_options(self.type, self.options, where)
+        seen: dict[str, str] = {}
+        for group, members in self.groups.items():
+            for task in members:
+                if task in seen:
+                    raise ConfigError(f"{where}.groups: task '{task}' is in both '{seen[task]}' and '{group}'.")
+                seen[task] = group
+
+    def group_of(self, task: str) -> str | None:
+        if not self.enabled:
+            return None
+        return next((g for g, members in self.groups.items() if task in members), task)
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Episodic meta-learning of an adapter initialisation (``nlp-mtl meta-train``)."""
+
+    # fomaml: first-order MAML; reptile: move towards the adapted weights; maml: second order
+    # (through torch.func), several times the memory and time of fomaml.
+    algorithm: Literal["fomaml", "reptile", "maml"] = "fomaml"
+    episodes: int = 300
+    # Classes per episode (token tasks: entity/tag types), drawn between min_ways and ways;
+    # tasks with more classes are subsampled.
+    ways: int = 5
+    min_ways: int = 2
+    shots: int = 4
+    query_shots: int = 4
+    inner_steps: int = 5
+    inner_lr: float = 0.05
+    outer_lr: float = 5e-4
+    # Episodes (one task each) averaged into one outer update.
+    meta_batch: int = 2
+    # The adapter initialisation to start from: a run directory and its adapter group, e.g. a
+    # multi-task run with a shared adapter. Default: a fresh adapter.
+    init_from: str | None = None
+    init_group: str | None = None
+    # Query loss and accuracy before/after adaptation are logged every this many episodes.
+    log_every: int = 20
+
+    def validate(self, where: str) -> None:
+        for key in ("episodes", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
+        if not 2 <= self.min_ways <= self.ways:
+            raise ConfigError(f"{where}: expected 2 <= min_ways <= ways, got min_ways {self.min_ways}, ways {self.ways}.")
+        for key in ("inner_lr", "outer_lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: expected a number > 0, got {getattr(self, key)}.")
+
+
+@dataclass(frozen=True)
 class TaskEntry:
     """A task in an experiment: a spec file (or built-in name) plus experiment-specific weights."""
 
@@ -206,6 +285,8 @@ class ExperimentConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     output_dir: str | None = None
     # Where the config came from; not a YAML key.
     source: str = field(default="", compare=False)
@@ -349,6 +430,7 @@ def data_root(config: ExperimentConfig) -> Path:
 
 
 __all__ = [
+    "AdapterConfig",
     "BackboneConfig",
     "CarvedSplit",
     "DataConfig",
@@ -363,6 +445,7 @@ __all__ = [
     "load_experiment",
     "load_task_spec",
     "load_tasks",
+    "MetaConfig",
     "read_yaml",
     "to_mapping",
 ]

@@ -14,6 +14,7 @@ the Auto class, exactly as a user would, and its logits must equal the multi-tas
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -80,6 +81,16 @@ def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool 
         raise UserError(f"--task {task}: no such task in {source}; it has {', '.join(model.tasks)}"
                         f"{did_you_mean(task, model.tasks)}.")
     info, head = model.tasks[task], model.heads[task]
+    reference = model
+    if info.adapter is not None:
+        # The export carries the adapter folded into the encoder; the check below still compares
+        # it with the unmerged model (encoder + adapter) it came from.
+        from .model.adapters import merge_into_encoder
+
+        model = MultiTaskModel.from_pretrained(source)
+        merge_into_encoder(model.encoder, model.adapters[info.adapter])
+        model.tasks[task] = dataclasses.replace(info, adapter=None)  # its encoder passes run bare
+        head = model.heads[task]
     config = copy.deepcopy(model.encoder.config)
     config.id2label = dict(enumerate(info.labels))
     config.label2id = {label: i for i, label in enumerate(info.labels)}
@@ -104,7 +115,7 @@ def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool 
         # pipeline(..., truncation=True) then cuts inputs where training and `nlp-mtl predict` do.
         tokenizer.model_max_length = info.max_length
         tokenizer.save_pretrained(tmp)
-        diff = _check_equal(model, task, tmp, pipeline_task, remote)
+        diff = _check_equal(reference, task, tmp, pipeline_task, remote)
         result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, diff)
         (tmp / "README.md").write_text(_model_card(source, task, info.labels, result))
         replace_dir(tmp, out)

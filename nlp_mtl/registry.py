@@ -58,3 +58,4 @@ class Registry(Generic[T]):
 TASK_TYPES: Registry = Registry("task type", builtins="nlp_mtl.task_types")
 HEADS: Registry = Registry("head type", builtins="nlp_mtl.model.heads")
 READERS: Registry = Registry("data format", builtins="nlp_mtl.data.readers")
+ADAPTERS: Registry = Registry("adapter type", builtins="nlp_mtl.model.adapters")

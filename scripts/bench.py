@@ -85,13 +85,26 @@ def ner_rows(limit: int):
     return data.splits["train"], data.labels
 
 
-def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str) -> dict:
+# The adapters of configs/conll_trec_sst2_lora.yaml.
+LORA = {"type": "lora", "lr": 1e-3, "options": {
+    "rank": 8, "alpha": 16, "target_modules": ["query", "key", "value", "attention_output", "intermediate", "ffn_output"]}}
+
+
+def adapter_config(adapters: dict | None):
+    from nlp_mtl.config import AdapterConfig
+    from nlp_mtl.schema import from_mapping
+
+    return from_mapping(AdapterConfig, adapters or {}, "bench.adapters")
+
+
+def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str,
+                  adapters: dict | None = None) -> dict:
     from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
     from nlp_mtl.run_dir import RunDir
     from nlp_mtl.training import train
 
     config = ExperimentConfig(
-        name="bench", tasks=[TaskEntry(spec="conll2003_ner")],
+        name="bench", tasks=[TaskEntry(spec="conll2003_ner")], adapters=adapter_config(adapters),
         data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
         training=TrainingConfig(batch_size=batch_size, steps=warmup + steps, log_every=warmup, eval_every=10**6,
                                 checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision),
@@ -208,8 +221,10 @@ def memory_child(tasks: list[str], examples: int) -> None:
     from nlp_mtl.run_dir import RunDir
     from nlp_mtl.training import train
 
+    adapters = tasks[0] == "adapters"
+    tasks = tasks[1:]
     config = ExperimentConfig(
-        name="mem", tasks=[TaskEntry(spec=t) for t in tasks],
+        name="mem", tasks=[TaskEntry(spec=t) for t in tasks], adapters=adapter_config(LORA if adapters else None),
         data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
         training=TrainingConfig(batch_size=32, steps=20, log_every=10, checkpoint_every=0, log_with="none", seed=SEED),
     )
@@ -256,12 +271,16 @@ def child(kind: str, *args: str) -> dict:
 
 # ---- main ---------------------------------------------------------------------------------
 
+PHASES = ["training", "adapters", "inference", "memory", "preprocessing"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps; scale test at 250k examples only")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--examples", type=int, default=4000, help="CoNLL-2003 training sentences to train on")
     parser.add_argument("--json", help="also write all numbers to this JSON file")
+    parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="run only these phases")
     parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -292,15 +311,36 @@ def main() -> None:
     rows, labels = ner_rows(args.examples)
     flops_per_token = encoder_flops_per_token()
     train_rows = {}
-    for precision in precisions:
+    if "adapters" in args.phases:
+        full = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, "no")
+        lora = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, "no", adapters=LORA)
+        ratio = full["samples_per_s"] / lora["samples_per_s"]
+        out["adapters"] = {"full_fine_tuning": full, "lora_frozen_encoder": lora, "step_time_ratio": ratio}
+        print(f"2b. adapter-only training step (LoRA r=8, all linear layers, encoder frozen): "
+              f"{lora['samples_per_s']:.1f} samples/s vs full fine-tuning {full['samples_per_s']:.1f}: "
+              f"step time {ratio:.2f}x the full step", flush=True)
+    for precision in precisions if "training" in args.phases else []:
         name = "nlp-mtl" + (" bf16" if precision == "bf16" else "")
         train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision)
         print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
-    for mode in ("pad to 128", "dynamic padding", "group_by_length"):
+    for mode in ("pad to 128", "dynamic padding", "group_by_length") if "training" in args.phases else ():
         train_rows[f"Trainer, {mode}"] = bench_hf_trainer(rows, labels, mode, warmup, steps, args.batch_size)
         print(f"2. Trainer, {mode}: {train_rows[f'Trainer, {mode}']['samples_per_s']:.1f} samples/s", flush=True)
+    if "training" in args.phases:
+        training_table(train_rows, out, flops_per_token, args.batch_size, steps, warmup)
+    if "inference" in args.phases:
+        inference_phase(rows, out)
+    if "memory" in args.phases:
+        memory_phase(out)
+    if "preprocessing" in args.phases:
+        preprocessing_phase(out, args.quick)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
     baseline = train_rows["Trainer, group_by_length"]["samples_per_s"]
-    print(f"\ntraining, CoNLL-2003 NER, batch {args.batch_size}, {steps} timed steps after {warmup}:")
+    print(f"\ntraining, CoNLL-2003 NER, batch {batch_size}, {steps} timed steps after {warmup}:")
     print(f"{'configuration':28s} {'samples/s':>10s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'vs Trainer+gbl':>15s}")
     for name, row in train_rows.items():
@@ -312,6 +352,8 @@ def main() -> None:
               f"{100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:14.2f}x")
     out["training"] = train_rows
 
+
+def inference_phase(rows: list, out: dict) -> None:
     texts = [" ".join(r["tokens"]) for r in rows[:512]]
     out["inference"] = bench_inference(texts)
     ratio = out["inference"]["one_pass_texts_per_s"] / out["inference"]["two_models_texts_per_s"]
@@ -320,16 +362,23 @@ def main() -> None:
           f"{out['inference']['one_pass_texts_per_s']:.1f} texts/s, two models "
           f"{out['inference']['two_models_texts_per_s']:.1f} texts/s: {ratio:.2f}x", flush=True)
 
-    memory = {}
-    for tasks in (["conll2003_ner"], ["conll2003_ner", "trec_coarse"], ["conll2003_ner", "trec_coarse", "sst2"]):
-        memory[len(tasks)] = child("memory", *tasks)["peak_mib"]
-    out["memory_peak_mib"] = memory
-    growth = (memory[3] - memory[1]) / 2
-    print(f"\n4. peak resident memory, full fine-tuning: 1 task {memory[1]:.0f} MiB, 2 tasks {memory[2]:.0f} MiB, "
-          f"3 tasks {memory[3]:.0f} MiB: +{growth:.0f} MiB per added task (one shared encoder; each task adds "
-          f"its head and its tokenised data)", flush=True)
 
-    sizes = (100_000, 250_000) if args.quick else (250_000, 1_000_000)
+def memory_phase(out: dict) -> None:
+    out["memory_peak_mib"] = {}
+    for kind in ("full", "adapters"):
+        memory = {}
+        for tasks in (["conll2003_ner"], ["conll2003_ner", "trec_coarse"], ["conll2003_ner", "trec_coarse", "sst2"]):
+            memory[len(tasks)] = child("memory", kind, *tasks)["peak_mib"]
+        out["memory_peak_mib"][kind] = memory
+        growth = (memory[3] - memory[1]) / 2
+        label = "full fine-tuning" if kind == "full" else "LoRA adapters, frozen encoder"
+        print(f"\n4. peak resident memory, {label}: 1 task {memory[1]:.0f} MiB, 2 tasks {memory[2]:.0f} MiB, "
+              f"3 tasks {memory[3]:.0f} MiB: +{growth:.0f} MiB per added task (one shared encoder; each task adds "
+              f"its head{', adapter' if kind == 'adapters' else ''} and its tokenised data)", flush=True)
+
+
+def preprocessing_phase(out: dict, quick: bool) -> None:
+    sizes = (100_000, 250_000) if quick else (250_000, 1_000_000)
     scale = {n: child("scale", str(n)) for n in sizes}
     out["preprocessing"] = scale
     small, large = scale[sizes[0]], scale[sizes[1]]
@@ -338,8 +387,6 @@ def main() -> None:
         print(f"   {n:>9,} examples: {row['seconds']:.1f} s ({n / row['seconds']:,.0f}/s), peak "
               f"{row['peak_over_baseline_mib']:.0f} MiB over the process baseline")
     print(f"   time ratio {large['seconds'] / small['seconds']:.2f} for {sizes[1] / sizes[0]:.0f}x the data")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
 from . import heads  # noqa: F401  (registers the built-in heads)
-from .multitask import MultiTaskModel, TaskHeadInfo
+from .multitask import AdapterSetup, MultiTaskModel, TaskHeadInfo
 
-__all__ = ["MultiTaskModel", "TaskHeadInfo"]
+__all__ = ["AdapterSetup", "MultiTaskModel", "TaskHeadInfo"]

@@ -18,7 +18,19 @@ from ..schema import from_mapping
 
 
 class Head(nn.Module):
+    """``forward = classifier(dropout(features(hidden)))``: ``features`` gives what the final
+    linear layer ``classifier`` reads (per token or per sequence), so a few-shot head can be
+    initialised from class prototypes of those features."""
+
     Options: type = object
+    classifier: nn.Linear
+    dropout: nn.Module
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(hidden, attention_mask)))
 
     @classmethod
     def build(cls, hidden_size: int, num_labels: int, options: dict[str, Any], where: str = "head") -> Head:
@@ -43,8 +55,8 @@ class TokenClassificationHead(Head):
         self.dropout = nn.Dropout(options.dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(hidden))
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return hidden
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,8 @@ class SequenceClassificationHead(Head):
         self.dropout = nn.Dropout(options.dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
-            pooled = torch.tanh(self.dense(hidden[:, 0]))
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.classifier(self.dropout(pooled))
+            return torch.tanh(self.dense(hidden[:, 0]))
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -4,7 +4,8 @@ On disk (``RUN_DIR/model`` or any directory written by ``save_pretrained``)::
 
     config.json, model.safetensors, tokenizer files   the encoder, loadable by AutoModel
     heads/<task>.safetensors                           head weights
-    multitask.json                                     tasks: type, head, options, labels
+    adapters/<group>.safetensors                       adapter weights (adapter runs only)
+    multitask.json                                     tasks: type, head, options, labels, adapter
 
 Nothing is pickled, so loading a directory never runs code from it.
 """
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import HEADS
+from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets
 from .heads import Head
 
 FORMAT_VERSION = 1
@@ -45,20 +47,92 @@ class TaskHeadInfo:
     metric: str = "accuracy"
     # Sentence-pair classification: predictions need a text_pair and their own encoder pass.
     pair: bool = False
+    # The adapter group this task runs through; None: the bare encoder.
+    adapter: str | None = None
+
+
+@dataclass
+class AdapterSetup:
+    """Which adapters the model carries: one type and its options, one set per group."""
+
+    type: str
+    options: dict[str, Any]
+    groups: list[str]
+    train_backbone: bool = False
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, tasks: list[TaskHeadInfo], tokenizer: Any = None) -> None:
+    def __init__(self, encoder: nn.Module, tasks: list[TaskHeadInfo], tokenizer: Any = None,
+                 adapters: AdapterSetup | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.tasks = {t.name: t for t in tasks}
-        hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict(
-            {t.name: HEADS.get(t.head).build(hidden, len(t.labels), t.head_options, f"{t.name}.head") for t in tasks}
-        )
+        self.tasks: dict[str, TaskHeadInfo] = {}
+        self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
         # Encoders without segment embeddings (RoBERTa, DistilBERT) must not get token_type_ids.
         self._uses_token_types = getattr(encoder.config, "type_vocab_size", 0) > 1
+        self.adapter_setup: AdapterSetup | None = None
+        self.adapters = nn.ModuleDict()
+        self._hooks: AdapterHooks | None = None
+        if adapters is not None:
+            self.install_adapters(adapters)
+        for info in tasks:
+            self.add_task(info)
+
+    def install_adapters(self, setup: AdapterSetup) -> None:
+        """Attach adapters of one type to the encoder, a set per group in ``setup.groups``."""
+        if self.adapter_setup is not None:
+            raise UserError("this model already has adapters; one model holds one kind.")
+        self._adapter_options = parse_options(setup.type, setup.options, "adapters")
+        self._adapter_targets = resolve_targets(self.encoder, setup.type, self._adapter_options)
+        self.adapter_setup = AdapterSetup(setup.type, dict(setup.options), [], setup.train_backbone)
+        for group in setup.groups:
+            self.add_adapter_group(group)
+        self._hooks = AdapterHooks(self.encoder, self.adapters, self._adapter_targets)
+
+    def add_task(self, info: TaskHeadInfo) -> None:
+        """A new head (fresh weights) for ``info``; its adapter group must exist."""
+        if info.adapter is not None and info.adapter not in self.adapters:
+            raise UserError(f"task '{info.name}': adapter group '{info.adapter}' is not in this model "
+                            f"(it has: {', '.join(self.adapters) or 'none'}).")
+        hidden = self.encoder.config.hidden_size
+        self.tasks[info.name] = info
+        self.heads[info.name] = HEADS.get(info.head).build(hidden, len(info.labels), info.head_options,
+                                                           f"{info.name}.head")
+
+    def remove_task(self, name: str) -> None:
+        """Drop a task's head, and its adapter group when no other task uses it."""
+        info = self.tasks.pop(name)
+        del self.heads[name]
+        if info.adapter is not None and all(t.adapter != info.adapter for t in self.tasks.values()):
+            del self.adapters[info.adapter]
+            self.adapter_setup.groups.remove(info.adapter)
+
+    def add_adapter_group(self, group: str, copy_from: str | None = None) -> nn.Module:
+        """A new adapter set: fresh (the adapter type's own initialisation) or a copy of another."""
+        if self.adapter_setup is None:
+            raise UserError("this model has no adapters; train with an 'adapters:' section to use them.")
+        adapter_set = AdapterSet(self.encoder, self.adapter_setup.type, self._adapter_options, self._adapter_targets)
+        if copy_from is not None:
+            adapter_set.load_state_dict(self.adapters[copy_from].state_dict())
+        device = next(self.encoder.parameters()).device
+        self.adapters[group] = adapter_set.to(device)
+        if group not in self.adapter_setup.groups:
+            self.adapter_setup.groups.append(group)
+        return self.adapters[group]
+
+    def use_adapter(self, group: str | None) -> None:
+        """Route the next encoder passes through ``group``'s adapters (None: the bare encoder)."""
+        if self._hooks is not None:
+            self._hooks.active = group
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """What one task adds to the shared encoder: its head and its adapter group."""
+        params = list(self.heads[task].parameters())
+        group = self.tasks[task].adapter
+        if group is not None:
+            params += list(self.adapters[group].parameters())
+        return params
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,6 +143,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        self.use_adapter(self.tasks[task].adapter)
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         head: Head = self.heads[task]
         logits = head(hidden, attention_mask)
@@ -79,12 +154,18 @@ class MultiTaskModel(nn.Module):
 
     def encode_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    tasks: list[str] | None = None, token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One encoder pass, every requested head applied to it: {task: logits}."""
+        """One encoder pass per adapter group (one in all without adapters), every requested head
+        applied to its group's pass: {task: logits}."""
         names = list(self.heads) if tasks is None else tasks
-        if not names:
-            return {}
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        return {name: self.heads[name](hidden, attention_mask) for name in names}
+        by_group: dict[str | None, list[str]] = {}
+        for name in names:
+            by_group.setdefault(self.tasks[name].adapter, []).append(name)
+        out = {}
+        for group, members in by_group.items():
+            self.use_adapter(group)
+            hidden = self.encode(input_ids, attention_mask, token_type_ids)
+            out.update({name: self.heads[name](hidden, attention_mask) for name in members})
+        return out
 
     def predict(self, inputs: str | dict[str, str] | list[str | dict[str, str]], batch_size: int = 32) -> Any:
         """Every task's prediction for raw text: entities for token tasks, label and probability
@@ -109,9 +190,13 @@ class MultiTaskModel(nn.Module):
                 self.tokenizer.save_pretrained(tmp)
             (tmp / "heads").mkdir()
             for name, head in self.heads.items():
-                state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-                save_file(state, tmp / "heads" / f"{name}.safetensors")
-            manifest = {"format_version": FORMAT_VERSION, "tasks": [asdict(t) for t in self.tasks.values()]}
+                save_file(_cpu_state(head), tmp / "heads" / f"{name}.safetensors")
+            manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "tasks": [asdict(t) for t in self.tasks.values()]}
+            if self.adapter_setup is not None:
+                (tmp / "adapters").mkdir()
+                for group, adapter_set in self.adapters.items():
+                    save_file(_cpu_state(adapter_set), tmp / "adapters" / f"{group}.safetensors")
+                manifest["adapters"] = asdict(self.adapter_setup)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             replace_dir(tmp, directory)
         finally:
@@ -131,20 +216,34 @@ class MultiTaskModel(nn.Module):
         try:
             manifest = json.loads(manifest_path.read_text())
             tasks = [TaskHeadInfo(**t) for t in manifest["tasks"]]
+            adapters = AdapterSetup(**manifest["adapters"]) if manifest.get("adapters") else None
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{manifest_path}: unreadable model manifest ({err}).") from None
         if not (directory / "model.safetensors").is_file() and not any(directory.glob("model-*.safetensors")):
             raise UserError(f"{directory}: no model.safetensors; nlp-mtl loads weights from safetensors only.")
         encoder = load_encoder(str(directory), safetensors_only=True)
         tokenizer = load_tokenizer(str(directory))
-        model = cls(encoder, tasks, tokenizer)
+        model = cls(encoder, tasks, tokenizer, adapters)
         for name, head in model.heads.items():
-            try:
-                state = load_file(directory / "heads" / f"{name}.safetensors")
-            except (OSError, ValueError, SafetensorError) as err:
-                raise UserError(f"{directory / 'heads' / name}.safetensors: unreadable head weights ({err}).") from None
-            head.load_state_dict(state)
+            load_weights(head, directory / "heads" / f"{name}.safetensors", "head")
+        for group, adapter_set in model.adapters.items():
+            load_weights(adapter_set, directory / "adapters" / f"{group}.safetensors", "adapter")
         return model.to(device).eval()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def load_weights(module: nn.Module, path: Path, what: str) -> None:
+    try:
+        state = load_file(path)
+        module.load_state_dict(state)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"{path}: unreadable {what} weights ({err}).") from None
+    except RuntimeError as err:  # shapes or names that do not fit this model
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: {what} weights do not fit this model ({first}).") from None
 
 
 def replace_dir(src: Path, dst: Path) -> None:

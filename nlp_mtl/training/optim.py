@@ -5,25 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import TrainingConfig
+from ..config import AdapterConfig, TrainingConfig
 
 
-def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """Biases and LayerNorm weights get no weight decay; heads may have their own LR."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+def build_optimizer(model: nn.Module, config: TrainingConfig, adapters: AdapterConfig | None = None) -> torch.optim.Optimizer:
+    """Biases and LayerNorm weights get no weight decay; heads may have their own LR, adapters
+    theirs (``adapters.lr``). With a frozen encoder, heads default to the adapters' rate: both
+    start from scratch and are small."""
+    adapter_lr = adapters.lr if adapters is not None and adapters.enabled else None
+    head_default = adapter_lr if adapter_lr is not None and not adapters.train_backbone else config.lr
+    rates = {"encoder": config.lr, "heads": config.head_lr or head_default, "adapters": adapter_lr or config.lr}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = name.startswith("heads.")
+        part = name.split(".", 1)[0] if name.startswith(("heads.", "adapters.")) else "encoder"
         no_decay = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay), []).append(param)
+        groups.setdefault((part, no_decay), []).append(param)
     param_groups = [
-        {
-            "params": params,
-            "lr": (config.head_lr or config.lr) if is_head else config.lr,
-            "weight_decay": 0.0 if no_decay else config.weight_decay,
-        }
-        for (is_head, no_decay), params in sorted(groups.items())
+        {"params": params, "lr": rates[part], "weight_decay": 0.0 if no_decay else config.weight_decay}
+        for (part, no_decay), params in sorted(groups.items())
     ]
     # The fused kernel (CPU and CUDA) is ~4x faster than the per-tensor loop PyTorch otherwise
     # picks on CPU, where that loop took 15 % of a MiniLM training step.

@@ -22,14 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbone import load_backbone, resolve_backbone
-from ..config import ExperimentConfig, TaskSpec, data_root, load_tasks
+from ..config import AdapterConfig, ExperimentConfig, TaskSpec, data_root, load_tasks
 from ..data.encoding import collate
 from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
 from ..fileio import atomic_write
-from ..model import MultiTaskModel, TaskHeadInfo
+from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
 from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
@@ -52,7 +52,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def head_infos(tasks: list[PreparedTask]) -> list[TaskHeadInfo]:
+def head_infos(tasks: list[PreparedTask], adapters: AdapterConfig | None = None) -> list[TaskHeadInfo]:
     return [
         TaskHeadInfo(
             name=t.name,
@@ -63,9 +63,38 @@ def head_infos(tasks: list[PreparedTask]) -> list[TaskHeadInfo]:
             max_length=t.spec.max_length,
             metric=t.metric,
             pair=any("text_pair" in row for row in t.data.splits["train"][:100]),
+            adapter=adapters.group_of(t.name) if adapters else None,
         )
         for t in tasks
     ]
+
+
+def build_model(config: ExperimentConfig, encoder: Any, tokenizer: Any, tasks: list[PreparedTask]) -> MultiTaskModel:
+    ac = config.adapters
+    infos = head_infos(tasks, ac)
+    setup = None
+    if ac.enabled:
+        groups = list(dict.fromkeys(i.adapter for i in infos if i.adapter is not None))
+        setup = AdapterSetup(ac.type, dict(ac.options), groups, ac.train_backbone)
+        if not ac.train_backbone:
+            encoder.requires_grad_(False)
+    return MultiTaskModel(encoder, infos, tokenizer, setup)
+
+
+def parameter_summary(model: MultiTaskModel) -> list[str]:
+    """Trainable parameters in all, and what each task adds to the shared encoder."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    encoder = sum(p.numel() for p in model.encoder.parameters())
+    lines = [f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)"]
+    if model.adapter_setup is not None:
+        backbone = "trainable" if model.adapter_setup.train_backbone else "frozen"
+        lines[0] += f"; encoder {encoder:,} ({backbone}), adapters: {model.adapter_setup.type}"
+        for name in model.tasks:
+            own = sum(p.numel() for p in model.task_parameters(name))
+            lines.append(f"  {name}: adapter '{model.tasks[name].adapter}' + head = {own:,} parameters "
+                         f"({100 * own / encoder:.2f}% of the encoder)")
+    return lines
 
 
 def count_steps(config: ExperimentConfig, train_sizes: list[int], global_batch: int) -> int:
@@ -170,12 +199,11 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     if trackers:
         accelerator.init_trackers(config.name, config=flat_hyperparameters(config))
 
-    model = MultiTaskModel(encoder, head_infos(tasks), tokenizer)
+    model = build_model(config, encoder, tokenizer, tasks)
     if checkpoint is not None:
         model.load_state_dict(MultiTaskModel.from_pretrained(checkpoint / "model").state_dict())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    say(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
+    for line in parameter_summary(model):
+        say(line)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = tc.batch_size * world
@@ -193,7 +221,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         f"{t.name} p={p:.3f} (~{p * micro_steps * global_batch / len(t.encoded['train']):.2f} epochs)"
         for t, p in zip(tasks, sampler.probabilities(0))))
 
-    optimizer = build_optimizer(model, tc)
+    optimizer = build_optimizer(model, tc, config.adapters)
     scheduler = build_scheduler(optimizer, steps, tc.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device

@@ -1,0 +1,216 @@
+"""Few-shot adaptation to a new task: ``nlp-mtl adapt RUN_DIR --task NEW.yaml --shots K``.
+
+For each seed: K examples per class (per entity/tag type for token tasks) are drawn from the
+new task's train split; a new adapter starts from the chosen initialisation, the new head from
+the support set's class prototypes; both are fine-tuned on the support set and scored on the
+whole test split. Inits:
+
+    meta     the run's meta-learned adapter (``nlp-mtl meta-train``)
+    GROUP    any adapter group of the run, e.g. a shared adapter from multi-task training
+    fresh    a new adapter (the adapter type's own initialisation) on the run's encoder
+    full     no adapter: the whole encoder is fine-tuned (the baseline adapters must beat)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TaskSpec
+from ..data.encoding import collate
+from ..data.pipeline import PreparedTask
+from ..errors import UserError
+from ..evaluation import evaluate_tasks
+from ..fileio import atomic_write
+from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
+from .episodes import support_set
+from .meta import META_GROUP, class_index
+from .prototypes import init_head_from_prototypes, labelled_features
+
+DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    shots: int = 16
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # 'auto': the run's 'meta' adapter if it has one, else its only adapter group, else fresh.
+    init: str = "auto"
+    epochs: int = 10
+    max_steps: int = 150
+    batch_size: int = 16
+    lr: float = 1e-3            # adapter and head
+    encoder_lr: float = 5e-5    # init 'full' only
+    eval_batch_size: int = 128
+
+
+def fewshot_metric(task: PreparedTask) -> str:
+    """Entity F1 for IOB tagging, macro F1 otherwise (plain tags, sequence classes)."""
+    if task.task_type.roles.token_level and task.spec.data.tag_scheme != "none":
+        return "f1"
+    return "macro_f1"
+
+
+def resolve_init(model: MultiTaskModel, init: str) -> str:
+    groups = list(model.adapters)
+    if init == "auto":
+        if META_GROUP in groups:
+            return META_GROUP
+        return groups[0] if len(groups) == 1 else "fresh"
+    if init in ("fresh", "full") or init in groups:
+        return init
+    raise UserError(f"--init: expected meta, fresh, full or an adapter group of this run "
+                    f"({', '.join(groups) or 'it has none'}), got '{init}'.")
+
+
+def prepare_model(model: MultiTaskModel) -> MultiTaskModel:
+    """Give a run without adapters a setup, so that 'fresh' has an adapter type to build."""
+    if model.adapter_setup is not None:
+        return model
+    kind, options = DEFAULT_FRESH_ADAPTER
+    model.install_adapters(AdapterSetup(kind, dict(options), []))
+    return model
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    support_size: int
+    per_class: dict[str, int]
+    steps: int
+    metrics: dict[str, float]
+    report: str = field(repr=False, default="")
+
+
+def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    head = model.heads[task.name]
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(indices), 64):
+            batch = {k: v.to(device) for k, v in collate(task.encoded["train"], indices[start : start + 64], pad_id).items()}
+            model.use_adapter(model.tasks[task.name].adapter)
+            hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            f, y = labelled_features(head, hidden, batch["attention_mask"], batch["labels"])
+            feats.append(f)
+            labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, seed: int,
+                   settings: AdaptSettings, encoder_state: dict[str, torch.Tensor] | None) -> SeedResult:
+    """Adapt ``model`` (in place: a new adapter group and head named after the task) and score."""
+    device = next(model.parameters()).device
+    pad_id = model.tokenizer.pad_token_id or 0
+    torch.manual_seed(seed)
+    indices, per_class = support_set(task.labels, class_index(task), settings.shots, seed)
+    if init == "full":
+        model.encoder.load_state_dict(encoder_state)  # every seed starts from the same encoder
+        model.encoder.requires_grad_(True)
+        info = TaskHeadInfo(**{**asdict(info), "adapter": None})
+    else:
+        model.encoder.requires_grad_(False)
+        model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+        info = TaskHeadInfo(**{**asdict(info), "adapter": task.name})
+    model.add_task(info)
+    model.heads[task.name].to(device)
+    init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
+
+    groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
+    if init == "full":
+        groups.append({"params": list(model.encoder.parameters()), "lr": settings.encoder_lr})
+    else:
+        groups.append({"params": list(model.adapters[task.name].parameters()), "lr": settings.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    batches_per_epoch = math.ceil(len(indices) / settings.batch_size)
+    steps = min(settings.max_steps, settings.epochs * batches_per_epoch)
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    model.train()
+    for _ in range(steps):
+        if not order:
+            order = rng.permutation(indices).tolist()
+        chunk, order = order[: settings.batch_size], order[settings.batch_size :]
+        batch = {k: v.to(device) for k, v in collate(task.encoded["train"], chunk, pad_id).items()}
+        loss = model(task.name, **batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
+    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text)
+
+
+@dataclass
+class AdaptSummary:
+    task: str
+    source: str
+    init: str
+    shots: int
+    metric: str
+    seeds: list[SeedResult]
+    mean: dict[str, float]
+    std: dict[str, float]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "source": self.source, "init": self.init, "shots": self.shots,
+                "metric": self.metric, "mean": self.mean, "std": self.std, "seconds": round(self.seconds, 1),
+                "seeds": [{k: v for k, v in asdict(s).items() if k != "report"} for s in self.seeds]}
+
+    def headline(self) -> str:
+        m = self.metric
+        return (f"{self.task}, {self.shots}-shot, init {self.init}: {m} {100 * self.mean[m]:.2f} ± "
+                f"{100 * self.std[m]:.2f} over {len(self.seeds)} seeds")
+
+
+def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSettings, source: str = "",
+                   quiet: bool = True, on_seed: Any = None) -> AdaptSummary:
+    """Adapt ``model`` to ``task`` once per seed; the model keeps the last seed's adapter and head."""
+    started = time.perf_counter()
+    if "test" not in task.encoded:
+        raise UserError(f"{task.spec.source}: few-shot adaptation is scored on the test split; the spec has none.")
+    model = prepare_model(model)
+    init = resolve_init(model, settings.init)
+    if task.name in model.tasks or task.name in model.adapters:
+        raise UserError(f"task '{task.name}' is already in {source or 'this model'}; adapt is for a new task "
+                        "(give the spec another name).")
+    encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()} if init == "full" else None
+    info = TaskHeadInfo(name=task.name, task_type=task.spec.type, head=task.spec.head.get("type", task.task_type.head),
+                        labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
+                        metric=task.metric)
+    results = []
+    for seed in tqdm(settings.seeds, desc=f"adapting {task.name} ({settings.shots}-shot, {init})", disable=quiet):
+        result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state)
+        results.append(result)
+        if on_seed is not None:
+            on_seed(result)
+    if init == "full":
+        model.encoder.load_state_dict(encoder_state)
+    keys = sorted(set.intersection(*(set(r.metrics) for r in results)))
+    mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
+    std = {k: float(np.std([r.metrics[k] for r in results])) for k in keys}
+    return AdaptSummary(task.name, source, init, settings.shots, fewshot_metric(task), results, mean, std,
+                        time.perf_counter() - started)
+
+
+def load_new_task(spec: TaskSpec, root: Path, tokenizer: Any, test_limit: int | None = None) -> PreparedTask:
+    from ..data.pipeline import encode_all, load_all
+
+    limit = {"test": test_limit} if test_limit else None
+    (data,) = load_all([spec], root, limit)
+    return encode_all([data], tokenizer, splits=("train", "test"), quiet=True)[0]
+
+
+def write_summary(summary: AdaptSummary, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(summary.to_json(), indent=2) + "\n")

@@ -1,0 +1,239 @@
+"""Per-task adapters: small trainable modules added to chosen linear layers of a frozen encoder.
+
+Every adapter type adds a *delta* to the output of a target ``nn.Linear``::
+
+    lora        out + (alpha / rank) * B(A(dropout(x)))       B starts at zero
+    houlsby     out + up(act(down(out)))  after the attention output and the FFN output
+    pfeiffer    the same bottleneck, after the FFN output only
+
+Adapters are attached with forward hooks rather than by replacing modules, so the encoder's
+own ``state_dict`` (and its ``save_pretrained`` / export) never sees them: the base encoder
+stays a plain ``AutoModel`` checkpoint, and each adapter set is a separate, small tensor file.
+Several adapter sets ("groups", one per task by default) live side by side; the model picks
+one before each encoder pass.
+
+A new adapter type is one class with ``@ADAPTERS.register("name")``: an ``Options`` dataclass,
+its default target modules per encoder family, and ``build(linear, options)`` returning the
+delta module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import ADAPTERS
+from ..schema import from_mapping
+
+# Linear layers per encoder family, by role. A target is a regular expression matched against
+# the end of a module's dotted name (at a dot boundary).
+_BERT_LIKE = {
+    "query": r"attention\.self\.query", "key": r"attention\.self\.key", "value": r"attention\.self\.value",
+    "attention_output": r"attention\.output\.dense", "intermediate": r"intermediate\.dense",
+    "ffn_output": r"layer\.\d+\.output\.dense",
+}
+FAMILY_LAYERS: dict[str, dict[str, str]] = {
+    "bert": _BERT_LIKE, "roberta": _BERT_LIKE, "xlm-roberta": _BERT_LIKE, "camembert": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "deberta-v2": {**_BERT_LIKE, "query": r"attention\.self\.query_proj", "key": r"attention\.self\.key_proj",
+                   "value": r"attention\.self\.value_proj"},
+    "distilbert": {"query": r"attention\.q_lin", "key": r"attention\.k_lin", "value": r"attention\.v_lin",
+                   "attention_output": r"attention\.out_lin", "intermediate": r"ffn\.lin1",
+                   "ffn_output": r"ffn\.lin2"},
+}
+
+
+def family_layers(model_type: str) -> dict[str, str]:
+    return FAMILY_LAYERS.get(model_type, _BERT_LIKE)
+
+
+# ---- adapter types ------------------------------------------------------------------------
+
+
+class AdapterType:
+    Options: type = object
+    # Roles (keys of FAMILY_LAYERS) adapted when the options name no target_modules.
+    default_roles: tuple[str, ...] = ()
+
+    @staticmethod
+    def build(linear: nn.Linear, options: Any) -> nn.Module:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Roles (query, key, value, attention_output, intermediate, ffn_output) or module-name
+    # patterns such as 'attention\.self\.query'; default: query and value, as in the LoRA paper.
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    def validate(self, where: str) -> None:
+        if self.rank <= 0 or self.alpha <= 0:
+            raise ConfigError(f"{where}: rank and alpha must be > 0 (got rank {self.rank}, alpha {self.alpha}).")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: expected a fraction in [0, 1), got {self.dropout}.")
+
+
+class LoraDelta(nn.Module):
+    def __init__(self, in_features: int, out_features: int, options: LoraOptions) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(options.rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, options.rank))
+        # As in the LoRA paper and peft: A random, B zero, so training starts from the base model.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = options.alpha / options.rank
+        self.dropout = nn.Dropout(options.dropout) if options.dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+    def merged_weight_delta(self) -> torch.Tensor:
+        """What folding this adapter into the base weight adds to it (for export)."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+
+@ADAPTERS.register("lora")
+class Lora(AdapterType):
+    Options = LoraOptions
+
+    @staticmethod
+    def build(linear: nn.Linear, options: LoraOptions) -> nn.Module:
+        return LoraDelta(linear.in_features, linear.out_features, options)
+
+
+@dataclass(frozen=True)
+class BottleneckOptions:
+    # Bottleneck width = hidden size / reduction_factor.
+    reduction_factor: int = 16
+    activation: Literal["relu", "gelu", "swish"] = "relu"
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+    def validate(self, where: str) -> None:
+        if self.reduction_factor <= 0:
+            raise ConfigError(f"{where}.reduction_factor: expected an integer > 0, got {self.reduction_factor}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: expected a fraction in [0, 1), got {self.dropout}.")
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
+
+
+class BottleneckDelta(nn.Module):
+    def __init__(self, width: int, options: BottleneckOptions) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, max(1, width // options.reduction_factor))
+        self.act = _ACTIVATIONS[options.activation]()
+        self.up = nn.Linear(self.down.out_features, width)
+        self.dropout = nn.Dropout(options.dropout) if options.dropout else nn.Identity()
+        # Near-identity start (Houlsby et al.): the adapter adds nothing until it learns to.
+        nn.init.normal_(self.down.weight, std=1e-2)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self.up(self.dropout(self.act(self.down(out))))
+
+
+@ADAPTERS.register("houlsby")
+class Houlsby(AdapterType):
+    Options = BottleneckOptions
+    default_roles = ("attention_output", "ffn_output")
+
+    @staticmethod
+    def build(linear: nn.Linear, options: BottleneckOptions) -> nn.Module:
+        return BottleneckDelta(linear.out_features, options)
+
+
+@ADAPTERS.register("pfeiffer")
+class Pfeiffer(Houlsby):
+    default_roles = ("ffn_output",)
+
+
+# ---- attaching adapter sets to an encoder -------------------------------------------------
+
+
+def parse_options(adapter_type: str, options: dict[str, Any], where: str) -> Any:
+    kind = ADAPTERS.get(adapter_type, f"{where}.type")
+    return from_mapping(kind.Options, options, f"{where}.options")  # runs Options.validate
+
+
+def resolve_targets(encoder: nn.Module, adapter_type: str, options: Any, where: str = "adapters") -> list[str]:
+    """Names of the encoder's linear layers this adapter type attaches to."""
+    kind = ADAPTERS.get(adapter_type)
+    layers = family_layers(getattr(encoder.config, "model_type", "bert"))
+    wanted = getattr(options, "target_modules", None) or list(kind.default_roles)
+    linears = [name for name, module in encoder.named_modules() if isinstance(module, nn.Linear)]
+    found: list[str] = []
+    for target in wanted:
+        pattern = re.compile(r"(^|\.)(?:" + layers.get(target, target) + r")$")
+        matched = [name for name in linears if pattern.search(name)]
+        if not matched:
+            examples = ", ".join(linears[:4])
+            raise ConfigError(f"{where}.options.target_modules: '{target}' matches no linear layer of this encoder; "
+                              f"use a role ({', '.join(layers)}) or a module-name pattern (names look like {examples}).")
+        found.extend(m for m in matched if m not in found)
+    return sorted(found, key=linears.index)
+
+
+def module_key(name: str) -> str:
+    """Module names contain dots, which ModuleDict keys may not."""
+    return name.replace(".", "__")
+
+
+class AdapterSet(nn.Module):
+    """One group's adapters: a delta module per target layer."""
+
+    def __init__(self, encoder: nn.Module, adapter_type: str, options: Any, targets: list[str]) -> None:
+        super().__init__()
+        kind = ADAPTERS.get(adapter_type)
+        modules = dict(encoder.named_modules())
+        self.deltas = nn.ModuleDict({module_key(name): kind.build(modules[name], options) for name in targets})
+
+
+class AdapterHooks:
+    """Forward hooks on the target layers that add the active group's delta.
+
+    The active group is chosen per encoder pass (``active``); ``None`` runs the bare encoder.
+    """
+
+    def __init__(self, encoder: nn.Module, adapters: nn.ModuleDict, targets: list[str]) -> None:
+        self.adapters = adapters
+        self.active: str | None = None
+        modules = dict(encoder.named_modules())
+        self.handles = [modules[name].register_forward_hook(self._hook(module_key(name))) for name in targets]
+
+    def _hook(self, key: str) -> Callable[..., torch.Tensor | None]:
+        def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if self.active is None:
+                return None
+            return output + self.adapters[self.active].deltas[key](inputs[0], output)
+
+        return add_delta
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def merge_into_encoder(encoder: nn.Module, adapter_set: AdapterSet) -> None:
+    """Fold an adapter set into the encoder's weights (LoRA only: W + (alpha/r) B A), giving a
+    plain encoder that computes what encoder + adapter computed."""
+    modules = dict(encoder.named_modules())
+    for key, delta in adapter_set.deltas.items():
+        if not hasattr(delta, "merged_weight_delta"):
+            raise ConfigError("only LoRA adapters fold into the encoder's weights; bottleneck adapters add layers "
+                              "that stock Hugging Face models lack (save the task with --adapter-only instead).")
+        module = modules[key.replace("__", ".")]
+        module.weight += delta.merged_weight_delta().to(module.weight.dtype)

@@ -1,0 +1,116 @@
+"""One task's adapter + head as a small stand-alone folder, loadable onto the shared encoder.
+
+    DIR/task.json            task (labels, head, max_length), adapter type and options, and the
+                             fingerprint of the base encoder it was trained on
+    DIR/weights.safetensors  'adapter.<...>' and 'head.<...>' tensors
+
+A few hundred kilobytes to a few megabytes per task instead of a copy of the encoder. Loading
+checks the fingerprint, so an adapter is never silently applied to an encoder it was not
+trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from .multitask import AdapterSetup, MultiTaskModel, TaskHeadInfo, replace_dir
+
+PACKAGE_FORMAT = "nlp-mtl-task"
+PACKAGE_VERSION = 1
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """A hash of every encoder weight: equal only for the very same base encoder."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def save_task_package(model: MultiTaskModel, task: str, directory: str | Path, overwrite: bool = False) -> Path:
+    if task not in model.tasks:
+        raise UserError(f"task '{task}' is not in this model (it has: {', '.join(model.tasks)}).")
+    info = model.tasks[task]
+    if info.adapter is None or model.adapter_setup is None:
+        raise UserError(f"task '{task}' has no adapter: it runs on the fine-tuned encoder itself, so it cannot be "
+                        "saved apart from it. Use 'nlp-mtl export' for a full model instead.")
+    if model.adapter_setup.train_backbone:
+        raise UserError(f"task '{task}': the encoder was trained along with the adapters, so the adapter only fits "
+                        "that encoder; use 'nlp-mtl export' for a full model instead.")
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise UserError(f"{directory}: exists and is not empty; pass --overwrite to replace it.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        tensors = {f"adapter.{k}": v for k, v in model.adapters[info.adapter].state_dict().items()}
+        tensors.update({f"head.{k}": v for k, v in model.heads[task].state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "weights.safetensors")
+        meta = {
+            "format": PACKAGE_FORMAT, "format_version": PACKAGE_VERSION,
+            "task": asdict(info),
+            "adapter": {"type": model.adapter_setup.type, "options": model.adapter_setup.options},
+            "encoder": {"fingerprint": encoder_fingerprint(model.encoder),
+                        "name_or_path": getattr(model.encoder.config, "_name_or_path", "")},
+        }
+        (tmp / "task.json").write_text(json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
+    """Add the packaged task (its own adapter group, named after it) to ``model``; returns its name."""
+    directory = Path(directory)
+    meta_path = directory / "task.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != PACKAGE_FORMAT:
+            raise KeyError("format")
+        info = TaskHeadInfo(**meta["task"])
+        adapter = meta["adapter"]
+        fingerprint = meta["encoder"]["fingerprint"]
+    except FileNotFoundError:
+        raise UserError(f"{directory}: not a task package (no task.json); write one with "
+                        "'nlp-mtl export RUN_DIR --task T --out DIR --adapter-only'.") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{meta_path}: unreadable task package description ({err}).") from None
+    if fingerprint != encoder_fingerprint(model.encoder):
+        raise UserError(f"{directory}: this adapter was trained on a different base encoder "
+                        f"({meta['encoder'].get('name_or_path') or 'unknown'}); load it onto that encoder.")
+    if info.name in model.tasks:
+        raise UserError(f"{directory}: task '{info.name}' is already in the model.")
+    setup = AdapterSetup(adapter["type"], dict(adapter["options"]), [])
+    if model.adapter_setup is None:
+        model.install_adapters(setup)
+    elif (model.adapter_setup.type, model.adapter_setup.options) != (setup.type, setup.options):
+        raise UserError(f"{directory}: a {setup.type} adapter {setup.options}; this model's adapters are "
+                        f"{model.adapter_setup.type} {model.adapter_setup.options}, and one model holds one kind.")
+    try:
+        tensors = load_file(directory / "weights.safetensors")
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"{directory / 'weights.safetensors'}: unreadable weights ({err}).") from None
+    group = info.name
+    adapter_set = model.add_adapter_group(group)
+    info = TaskHeadInfo(**{**asdict(info), "adapter": group})
+    model.add_task(info)
+    device = next(model.encoder.parameters()).device
+    try:
+        adapter_set.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        model.heads[info.name].load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+    except RuntimeError as err:
+        raise UserError(f"{directory / 'weights.safetensors'}: weights do not fit ({str(err).splitlines()[0]}).") from None
+    model.heads[info.name].to(device)
+    return info.name

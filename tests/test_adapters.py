@@ -1,0 +1,210 @@
+"""Per-task adapters: attach, train only what they should, save/load, package, predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from nlp_mtl.cli import main
+from nlp_mtl.errors import ConfigError, UserError
+from nlp_mtl.model import AdapterSetup, MultiTaskModel, TaskHeadInfo
+from nlp_mtl.model.task_package import load_task_package, save_task_package
+
+from .conftest import write_experiment
+from .tiny_encoders import build_tiny_model_dir
+
+SENTENCES = ["alice visited paris", "bob saw rome and berlin today , great movie"]
+
+
+def _model(tiny_bert, kind="lora", options=None, groups=("a", "b")):
+    from nlp_mtl.backbone import load_encoder, load_tokenizer
+
+    tasks = [TaskHeadInfo("a", "token_classification", "token_classification", ["O", "B-X", "I-X"], adapter="a"),
+             TaskHeadInfo("b", "sequence_classification", "sequence_classification", ["p", "n"], adapter="b")]
+    setup = AdapterSetup(kind, options or {}, list(groups))
+    return MultiTaskModel(load_encoder(str(tiny_bert)), tasks, load_tokenizer(str(tiny_bert)), setup)
+
+
+def _batch(model):
+    enc = model.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@pytest.mark.parametrize("kind,options,per_layer", [
+    ("lora", {"rank": 4}, 2), ("lora", {"rank": 2, "target_modules": ["query", "key", "value", "intermediate"]}, 4),
+    ("houlsby", {"reduction_factor": 4}, 2), ("pfeiffer", {}, 1)])
+def test_adapters_attach_to_the_right_layers_and_start_as_identity(tiny_bert, kind, options, per_layer):
+    model = _model(tiny_bert, kind, options).eval()
+    layers = model.encoder.config.num_hidden_layers
+    assert len(model.adapters["a"].deltas) == per_layer * layers
+    ids, mask = _batch(model)
+    bare = model.encode(ids, mask)
+    model.use_adapter("a")
+    # LoRA's B and the bottleneck's up-projection start at zero: the adapted encoder is the base one.
+    assert torch.allclose(model.encode(ids, mask), bare, atol=1e-6)
+    with torch.no_grad():
+        for p in model.adapters["a"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert not torch.allclose(model.encode(ids, mask), bare, atol=1e-4)
+    model.use_adapter("b")  # the other group is still at its initialisation
+    assert torch.allclose(model.encode(ids, mask), bare, atol=1e-6)
+
+
+def test_lora_matches_the_formula_and_peft(tiny_bert):
+    """Our LoRA computes W x + (alpha/r) B A x on the targeted layers, as peft's does."""
+    model = _model(tiny_bert, "lora", {"rank": 4, "alpha": 8}).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.adapters["a"].parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    query = model.encoder.encoder.layer[0].attention.self.query
+    delta = model.adapters["a"].deltas["encoder__layer__0__attention__self__query"]
+    x = torch.randn(3, 5, query.in_features)
+    model.use_adapter("a")
+    expected = x @ (query.weight + 2.0 * delta.lora_B @ delta.lora_A).t() + query.bias
+    assert torch.allclose(query(x), expected, atol=1e-5)
+
+    peft = pytest.importorskip("peft")
+    from nlp_mtl.backbone import load_encoder
+
+    reference = peft.get_peft_model(load_encoder(str(tiny_bert)), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    state = reference.state_dict()
+    with torch.no_grad():
+        for name, d in model.adapters["a"].deltas.items():
+            prefix = "base_model.model." + name.replace("__", ".")
+            state[f"{prefix}.lora_A.default.weight"].copy_(d.lora_A)
+            state[f"{prefix}.lora_B.default.weight"].copy_(d.lora_B)
+    reference.load_state_dict(state)
+    ids, mask = _batch(model)
+    ours = model.encode(ids, mask)
+    theirs = reference.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_unknown_adapter_type_and_target_are_config_errors(tiny_bert):
+    with pytest.raises(ConfigError, match="unknown adapter type 'loar'.*did you mean 'lora'"):
+        _model(tiny_bert, "loar")
+    with pytest.raises(ConfigError, match="'qkv' matches no linear layer"):
+        _model(tiny_bert, "lora", {"target_modules": ["qkv"]})
+    with pytest.raises(ConfigError, match="unknown key 'rnak'"):
+        _model(tiny_bert, "lora", {"rnak": 4})
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta", "deberta-v2"])
+def test_adapters_find_their_layers_in_other_encoder_families(tmp_path, family):
+    from nlp_mtl.backbone import load_encoder
+
+    encoder = load_encoder(str(build_tiny_model_dir(family, tmp_path / family)))
+    for kind in ("lora", "houlsby"):
+        model = MultiTaskModel(encoder, [], None, AdapterSetup(kind, {}, ["g"]))
+        assert len(model.adapters["g"].deltas) == 2 * encoder.config.num_hidden_layers
+        model._hooks.remove()
+
+
+def _adapter_run(data_dir, tiny_bert, adapters, **training):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], **training)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = adapters
+    config.write_text(yaml.safe_dump(raw))
+    run = data_dir / "run"
+    assert main(["--quiet", "train", str(config), "--output-dir", str(run)]) == 0
+    return run
+
+
+def test_adapter_training_leaves_the_encoder_untouched_and_round_trips(data_dir, tiny_bert, capsys):
+    run = _adapter_run(data_dir, tiny_bert, {"type": "houlsby", "options": {"reduction_factor": 4}, "lr": 1e-2},
+                       steps=60)
+    model = MultiTaskModel.from_pretrained(run)
+    base = MultiTaskModel.from_pretrained(run)  # fresh copy for comparisons
+    from nlp_mtl.backbone import load_encoder
+
+    original = load_encoder(str(tiny_bert)).state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in model.encoder.state_dict().items())
+    trained = model.adapters["toy_ner"].deltas
+    assert any(float(d.up.weight.detach().abs().sum()) > 0 for d in trained.values())  # the adapter learnt
+    assert sorted(p.name for p in (run / "model" / "adapters").iterdir()) == ["toy_ner.safetensors", "toy_sent.safetensors"]
+
+    # A task package: adapter + head alone, loaded onto the bare encoder, predicts the same.
+    package = save_task_package(model, "toy_ner", data_dir / "pkg")
+    bare = MultiTaskModel(load_encoder(str(run / "model")), [], model.tokenizer)
+    assert load_task_package(bare, package) == "toy_ner"
+    ids = model.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = base.eval()("toy_ner", ids["input_ids"], ids["attention_mask"])["logits"]
+        got = bare.eval()("toy_ner", ids["input_ids"], ids["attention_mask"])["logits"]
+    assert torch.equal(expected, got)
+    assert json.loads((package / "task.json").read_text())["adapter"]["type"] == "houlsby"
+
+    # Loading it onto a different encoder is refused, by fingerprint.
+    from nlp_mtl.backbone import load_tokenizer
+
+    other = MultiTaskModel(load_encoder(str(tiny_bert)), [], load_tokenizer(str(tiny_bert)))
+    with torch.no_grad():
+        next(other.encoder.parameters()).add_(1.0)
+    with pytest.raises(UserError, match="different base encoder"):
+        load_task_package(other, package)
+
+    # predict: each task through its own adapter; --add-task brings a packaged one in.
+    capsys.readouterr()
+    assert main(["predict", str(run), "--text", SENTENCES[1]]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert set(both["tasks"]) == {"toy_ner", "toy_sent"}
+    assert main(["export", str(run), "--task", "toy_sent", "--out", str(data_dir / "sent_pkg"), "--adapter-only"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(package.parent / "run"), "--text", SENTENCES[1]]) == 0
+    assert main(["predict", str(run), "--add-task", str(data_dir / "sent_pkg"), "--text", SENTENCES[1]]) == 2
+    assert "already in the model" in capsys.readouterr().err
+
+
+def test_predict_matches_per_task_forward_with_adapters(data_dir, tiny_bert):
+    run = _adapter_run(data_dir, tiny_bert, {"type": "lora", "options": {"rank": 4}, "lr": 1e-2}, steps=40)
+    model = MultiTaskModel.from_pretrained(run)
+    with torch.no_grad():
+        for p in model.adapters.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # make the groups clearly differ
+    ids = model.tokenizer(SENTENCES[1], return_tensors="pt")
+    together = model.encode_all(ids["input_ids"], ids["attention_mask"])
+    for task in ("toy_ner", "toy_sent"):
+        alone = model(task, ids["input_ids"], ids["attention_mask"])["logits"]
+        assert torch.allclose(together[task], alone, atol=1e-6)
+
+
+def test_shared_adapter_group_and_parameter_report(data_dir, tiny_bert, capsys):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], steps=10)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "groups": {"shared": ["toy_ner", "toy_sent"]}}
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config), "--output-dir", str(data_dir / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder" in out and "(frozen)" in out and "adapter 'shared'" in out and "% of the encoder" in out
+    model = MultiTaskModel.from_pretrained(data_dir / "run")
+    assert list(model.adapters) == ["shared"]
+    assert {t.adapter for t in model.tasks.values()} == {"shared"}
+
+
+def test_adapter_config_errors(data_dir, tiny_bert, capsys):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=5)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "options": {"rank": 0}}
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config), "--output-dir", str(data_dir / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "adapters.options" in err and "rank" in err and "Traceback" not in err
+
+
+def test_lora_task_exports_as_a_stock_model_with_the_adapter_folded_in(data_dir, tiny_bert):
+    run = _adapter_run(data_dir, tiny_bert, {"type": "lora", "options": {"rank": 4}, "lr": 1e-2}, steps=30)
+    from nlp_mtl.export import export_task
+
+    # export_task itself reloads the export and checks its logits against encoder + adapter.
+    result = export_task(run, "toy_ner", data_dir / "exported")
+    assert result.max_abs_diff < 1e-4 and result.architecture == "BertForTokenClassification"
+
+
+def test_bottleneck_task_export_is_refused_with_the_alternative(data_dir, tiny_bert, capsys):
+    run = _adapter_run(data_dir, tiny_bert, {"type": "pfeiffer"}, steps=5)
+    assert main(["export", str(run), "--task", "toy_ner", "--out", str(data_dir / "x")]) == 2
+    assert "--adapter-only" in capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""Episodes, prototype heads, meta-learning and few-shot adapt on tiny encoders."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nlp_mtl.cli import main
+from nlp_mtl.config import MetaConfig
+from nlp_mtl.data.encoding import EncodedSplit, Ragged
+from nlp_mtl.fewshot.episodes import ClassIndex, EpisodeSampler, support_set
+from nlp_mtl.fewshot.prototypes import init_head_from_prototypes, prototype_weights
+
+from .conftest import write_experiment
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def _sequence_index(n_per_class=(30, 12, 9, 20)):
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(n_per_class)])
+    labels = np.random.default_rng(0).permutation(labels)
+    split = EncodedSplit(Ragged.from_lists([[1, 2]] * len(labels)), labels)
+    return ClassIndex.build(["a", "b", "c", "d"], split, token_level=False, plain_tags=False), labels
+
+
+def _token_index(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        row = [-100]  # [CLS]
+        for _ in range(rng.integers(3, 8)):
+            row.append(int(rng.choice([0, 0, 0, 1, 3, 5, 2, 4])))
+        rows.append(row + [-100])
+    split = EncodedSplit(Ragged.from_lists([[0] * len(r) for r in rows]), Ragged.from_lists(rows))
+    return ClassIndex.build(TAGS, split, token_level=True, plain_tags=False)
+
+
+def test_sequence_episodes_have_exactly_k_per_class_disjoint_and_seeded():
+    index, labels = _sequence_index()
+    sampler = EpisodeSampler("t", ["a", "b", "c", "d"], index, ways=3, shots=4, query_shots=5, seed=7)
+    for _ in range(20):
+        episode = sampler.sample()
+        assert len(episode.classes) == 3 and set(episode.classes) <= {"a", "b", "c", "d"}
+        assert not set(episode.support) & set(episode.query)
+        for chosen, k in ((episode.support, 4), (episode.query, 5)):
+            counts = Counter(episode.labels[episode.label_map[labels[i]]] for i in chosen)
+            assert counts == dict.fromkeys(episode.classes, k)
+    again = EpisodeSampler("t", ["a", "b", "c", "d"], index, ways=3, shots=4, query_shots=5, seed=7)
+    first, repeat = EpisodeSampler("t", ["a", "b", "c", "d"], index, ways=3, shots=4, query_shots=5, seed=7).sample(), again.sample()
+    assert (first.support, first.query, first.classes) == (repeat.support, repeat.query, repeat.classes)
+    other = EpisodeSampler("t", ["a", "b", "c", "d"], index, ways=3, shots=4, query_shots=5, seed=8).sample()
+    assert other.support != first.support
+
+
+def test_token_episodes_cover_every_type_k_times_and_relabel_the_rest_to_o():
+    index = _token_index()
+    assert index.classes == ["PER", "LOC", "ORG"]
+    sampler = EpisodeSampler("ner", TAGS, index, ways=2, shots=3, query_shots=3, seed=1)
+    for _ in range(20):
+        episode = sampler.sample()
+        assert not set(episode.support) & set(episode.query)
+        kept = {c: index.classes.index(c) for c in episode.classes}
+        for chosen in (episode.support, episode.query):
+            for c, ci in kept.items():
+                holding = sum(ci in index.per_example[i] for i in chosen)
+                # at least K sentences hold each type; greedy sampling keeps it near K
+                assert 3 <= holding <= 6, (c, holding)
+        assert episode.labels[0] == "O" and len(episode.labels) == 1 + 2 * len(episode.classes)
+        dropped = [t for t in TAGS if t != "O" and t[2:] not in episode.classes]
+        assert all(episode.label_map[TAGS.index(t)] == 0 for t in dropped)
+        remapped = episode.remap(np.array([-100, TAGS.index(dropped[0]), 0]))
+        assert remapped.tolist() == [-100, 0, 0]
+
+
+def test_adapt_support_set_takes_k_of_every_class_and_reports_shortfalls():
+    index, labels = _sequence_index((30, 12, 3, 20))
+    chosen, per_class = support_set(["a", "b", "c", "d"], index, shots=8, seed=3)
+    assert per_class == {"a": 8, "b": 8, "c": 3, "d": 8}  # 'c' has only 3 training examples
+    assert Counter(labels[chosen].tolist()) == {0: 8, 1: 8, 2: 3, 3: 8}
+    assert support_set(["a", "b", "c", "d"], index, 8, seed=3)[0] == chosen
+
+
+def test_prototype_head_is_a_nearest_prototype_classifier():
+    from nlp_mtl.model.heads import SequenceClassificationHead, SequenceHeadOptions
+
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 4
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    features = centres[labels] + 0.1 * torch.randn(6, 16)
+    weight, bias = prototype_weights(features, labels, 4)
+    prototypes = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    # W = 2p/t, b = -|p|^2/t, t the support's mean squared distance to its class prototype
+    t = ((features - prototypes[labels]) ** 2).sum(1).mean()
+    assert torch.allclose(weight[:3], 2 * prototypes / t) and torch.allclose(bias[:3], -(prototypes ** 2).sum(1) / t)
+    assert torch.equal(weight[3], torch.zeros(16)) and bias[3] < bias[:3].min()  # absent class: never first
+    head = SequenceClassificationHead(16, 4, SequenceHeadOptions(dropout=0.0)).eval()
+    init_head_from_prototypes(head, features, labels)
+    queries = centres + 0.5 * torch.randn(3, 16)
+    logits = head.classifier(queries)
+    distances = torch.cdist(queries, prototypes)
+    assert logits.argmax(-1).tolist() == distances.argmin(-1).tolist() == [0, 1, 2]
+
+
+def _meta_setup(tiny_bert, data_dir, algorithm):
+    from nlp_mtl.backbone import load_backbone
+    from nlp_mtl.config import BackboneConfig, load_task_spec
+    from nlp_mtl.data.pipeline import encode_all, load_all
+    from nlp_mtl.fewshot.meta import META_GROUP
+    from nlp_mtl.model import AdapterSetup, MultiTaskModel
+
+    torch.manual_seed(0)
+    encoder, tokenizer = load_backbone(BackboneConfig(name=str(tiny_bert)))
+    encoder.requires_grad_(False)
+    model = MultiTaskModel(encoder, [], tokenizer, AdapterSetup("lora", {"rank": 4}, [META_GROUP]))
+    specs = [load_task_spec(data_dir / "specs" / f"{t}.yaml") for t in ("toy_ner", "toy_sent")]
+    tasks = encode_all(load_all(specs, data_dir / "data"), tokenizer, splits=("train",), quiet=True)
+    mc = MetaConfig(algorithm=algorithm, episodes=60, shots=4, query_shots=8, inner_steps=3, inner_lr=0.05,
+                    outer_lr=2e-2, meta_batch=2, log_every=60)
+    return model, tasks, mc
+
+
+def _query_loss_after_adaptation(model, tasks, mc, seed=123, n=12):
+    """Mean query loss after the inner loop, on fixed held-out episodes (dropout off)."""
+    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, class_index, episode_batch, run_episode
+    from nlp_mtl.model.heads import HEADS
+    from nlp_mtl.fewshot.episodes import EpisodeSampler
+
+    model.eval()
+    losses = []
+    init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
+    for task in tasks:
+        sampler = EpisodeSampler(task.name, task.labels, class_index(task), mc.ways, mc.shots, mc.query_shots, seed)
+        for _ in range(n // len(tasks)):
+            episode = sampler.sample()
+            torch.manual_seed(0)
+            head = HEADS.get(task.task_type.head).build(32, len(episode.labels), {}, "h")
+            module = EpisodeModel(model, head, META_GROUP)
+            support = episode_batch(task, episode, episode.support, 0, torch.device("cpu"))
+            query = episode_batch(task, episode, episode.query, 0, torch.device("cpu"))
+            losses.append(run_episode(module, init, support, query, len(episode.labels), mc).query_loss_after)
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "maml"])
+def test_meta_training_lowers_the_query_loss_after_adaptation(tiny_bert, data_dir, algorithm):
+    from nlp_mtl.fewshot.meta import meta_train_loop
+
+    model, tasks, mc = _meta_setup(tiny_bert, data_dir, algorithm)
+    before = _query_loss_after_adaptation(model, tasks, mc)
+    meta_train_loop(model, tasks, mc, seed=0, quiet=True)
+    after = _query_loss_after_adaptation(model, tasks, mc)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_second_order_gradient_differs_from_first_order(tiny_bert, data_dir):
+    from dataclasses import replace
+
+    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, class_index, episode_batch, run_episode
+    from nlp_mtl.model.heads import HEADS
+    from nlp_mtl.fewshot.episodes import EpisodeSampler
+
+    model, tasks, mc = _meta_setup(tiny_bert, data_dir, "fomaml")
+    model.eval()
+    with torch.no_grad():
+        for p in model.adapters.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # away from LoRA's zero B, where second-order terms vanish
+    task = tasks[1]
+    episode = EpisodeSampler(task.name, task.labels, class_index(task), 5, 4, 8, seed=0).sample()
+    support = episode_batch(task, episode, episode.support, 0, torch.device("cpu"))
+    query = episode_batch(task, episode, episode.query, 0, torch.device("cpu"))
+    model.eval()
+    init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
+    model.double()
+    episode_labels = episode.labels
+
+    def adapt_from_init(algorithm):
+        torch.manual_seed(0)
+        head = HEADS.get("sequence_classification").build(32, len(episode_labels), {"dropout": 0.0}, "h").double()
+        return run_episode(EpisodeModel(model, head, META_GROUP), init, support, query, len(episode_labels),
+                           replace(mc, algorithm=algorithm))
+
+    second = adapt_from_init("maml").grads
+    first = adapt_from_init("fomaml").grads
+    # The query loss after adaptation, as a function of the initialisation: its directional
+    # derivative by central differences must match the second-order gradient.
+    direction = {n: torch.randn_like(p) for n, p in init.items()}
+    eps = 1e-3
+    losses = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for n, p in init.items():
+                p.add_(sign * eps * direction[n])
+        losses.append(adapt_from_init("fomaml").query_loss_after)
+        with torch.no_grad():
+            for n, p in init.items():
+                p.sub_(sign * eps * direction[n])
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    analytic = sum(float((second[n] * direction[n]).sum()) for n in init)
+    first_order = sum(float((first[n] * direction[n]).sum()) for n in init)
+    assert analytic == pytest.approx(numeric, rel=1e-2)
+    assert first_order != pytest.approx(numeric, rel=5e-2)  # first-order MAML is an approximation
+
+
+def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, capsys):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"])
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
+    raw["meta"] = {"episodes": 8, "shots": 3, "query_shots": 3, "inner_steps": 2, "log_every": 4}
+    config.write_text(yaml.safe_dump(raw))
+    run = data_dir / "meta"
+    assert main(["meta-train", str(config), "--output-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "query accuracy after adaptation" in out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in records] == [4, 8] and "query_acc_after" in records[0]
+    assert (run / "model" / "adapters" / "meta.safetensors").is_file() and (run / "FINISHED").is_file()
+
+    # A new task: the sentiment data under another name, so it is not one the run has.
+    spec = (data_dir / "specs" / "toy_sent_csv.yaml")
+    summary_path = data_dir / "adapt.json"
+    assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10",
+                 "--output", str(summary_path), "--save", str(data_dir / "adapted")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("=== seed") == 3 and "precision" in out and "init meta" in out and "±" in out
+    summary = json.loads(summary_path.read_text())
+    assert summary["init"] == "meta" and summary["shots"] == 4 and len(summary["seeds"]) == 3
+    assert all(s["per_class"] == {"neg": 4, "pos": 4} and s["support_size"] == 8 for s in summary["seeds"])
+    assert 0 <= summary["mean"]["macro_f1"] <= 1 and summary["metric"] == "macro_f1"
+    assert (data_dir / "adapted" / "weights.safetensors").is_file()
+
+    # Other inits run through the same path; a bad one is a clear error.
+    assert main(["--quiet", "adapt", str(run), "--task", str(spec), "--shots", "2", "--seeds", "1", "--init", "full",
+                 "--max-steps", "3", "--output", str(data_dir / "full.json")]) == 0
+    assert json.loads((data_dir / "full.json").read_text())["init"] == "full"
+    capsys.readouterr()
+    assert main(["adapt", str(run), "--task", str(spec), "--init", "nope"]) == 2
+    assert "--init: expected meta, fresh, full" in capsys.readouterr().err
+
+
+def test_meta_train_needs_adapters(tiny_bert, data_dir, capsys):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"])
+    assert main(["meta-train", str(config), "--output-dir", str(data_dir / "m")]) == 2
+    assert "add an 'adapters:' section" in capsys.readouterr().err
