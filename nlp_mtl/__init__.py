@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "train": "api", "resume": "api",
+    "train": "api", "resume": "api", "meta_train": "api", "adapt": "api",
     "BackboneConfig": "config", "DataConfig": "config", "DataSpec": "config", "ExperimentConfig": "config",
     "SamplerConfig": "config", "TaskEntry": "config", "TaskSpec": "config", "TrainingConfig": "config",
     "load_experiment": "config", "load_task_spec": "config",

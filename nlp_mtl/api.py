@@ -4,11 +4,15 @@
     result = nlp_mtl.train("configs/conll_trec_sst2.yaml", output_dir="runs/joint")
     model = nlp_mtl.MultiTaskModel.from_pretrained("runs/joint")
     model.predict(["John lives in Berlin."])
+
+    nlp_mtl.meta_train("configs/meta_ner_trec_sst2.yaml")
+    summary = nlp_mtl.adapt("runs/meta_ner_trec_sst2", "conll2003_chunk", shots=16, seeds=5)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dataclasses import replace
 
@@ -50,3 +54,34 @@ def resume(run_dir: str | Path, quiet: bool = False) -> TrainResult:
     run = RunDir(run_dir)
     config, _, _ = run.read_experiment()
     return _train(config, run, quiet=quiet, resume=True)
+
+
+def meta_train(config: str | Path | ExperimentConfig, output_dir: str | Path | None = None, *,
+               overrides: list[str] | None = None, quiet: bool = False, overwrite: bool = False) -> Any:
+    """Meta-learn an adapter initialisation (the config's ``adapters:`` and ``meta:`` sections)."""
+    from .fewshot.meta import meta_train as _meta_train
+
+    if isinstance(config, ExperimentConfig):
+        check_config_object(config)
+    else:
+        config = load_experiment(config, list(overrides or []))
+    run = RunDir(output_dir or config.output_dir or f"runs/{config.name}")
+    return _meta_train(config, run, quiet=quiet, overwrite=overwrite)
+
+
+def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, seeds: int = 5, init: str = "auto",
+          data_root: str | Path | None = None, test_limit: int | None = None, quiet: bool = True) -> Any:
+    """Few-shot adaptation to a new task, once per seed (1..seeds); returns an ``AdaptSummary``
+    with every seed's metrics and report, and their mean and std."""
+    from .config import default_data_root, load_task_spec, resolve_task_path
+    from .fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task
+    from .model import MultiTaskModel
+
+    spec = task if isinstance(task, TaskSpec) else load_task_spec(resolve_task_path(str(task)))
+    run = RunDir(run_dir)
+    root = Path(data_root) if data_root else (run.read_experiment()[2] if run.experiment_path.is_file()
+                                              else default_data_root())
+    model = MultiTaskModel.from_pretrained(run.path)
+    prepared = load_new_task(spec, root, model.tokenizer, test_limit)
+    settings = AdaptSettings(shots=shots, seeds=tuple(range(1, seeds + 1)), init=init)
+    return few_shot_adapt(model, prepared, settings, source=str(run.path), quiet=quiet)

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder that relative data paths resolve against")
     p.add_argument("--output", metavar="FILE", help="JSON summary (default: RUN_DIR/adapt/<task>.<K>shot.<init>.json)")
     p.add_argument("--save", metavar="DIR", help="save the last seed's adapter + head as a task package")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing task package at --save")
 
     p = sub.add_parser("tasks", help="check or list task spec files", formatter_class=fmt,
                        epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"])
@@ -301,6 +302,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         root = run.read_experiment()[2]
     else:
         root = default_data_root()
+    if args.save:
+        save = Path(args.save)
+        if args.init == "full":
+            raise UserError("--save keeps an adapter + head; --init full trains the whole encoder instead (nothing small to save).")
+        if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not args.overwrite)):
+            raise UserError(f"--save {save}: exists; pass --overwrite to replace a task package there.")
     model = MultiTaskModel.from_pretrained(run.path, device=_device())
     task = load_new_task(spec, root, model.tokenizer, args.test_limit)
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
@@ -318,7 +325,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.save:
         from .model.task_package import save_task_package
 
-        save_task_package(model, task.name, args.save, overwrite=True)
+        save_task_package(model, task.name, args.save, overwrite=args.overwrite)
         print(f"adapter + head of seed {summary.seeds[-1].seed} saved to {args.save}")
     return 0
 

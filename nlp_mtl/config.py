@@ -217,6 +217,17 @@ class AdapterConfig:
                     raise ConfigError(f"{where}.groups: task '{task}' is in both '{seen[task]}' and '{group}'.")
                 seen[task] = group
 
+    def check_groups(self, task_names: list[str], where: str) -> None:
+        """Groups must name tasks of the experiment, and must not take a task's own name."""
+        for group, members in self.groups.items():
+            for task in members:
+                if task not in task_names:
+                    raise ConfigError(f"{where}: adapters.groups.{group}: '{task}' is not a task of this experiment "
+                                      f"(tasks: {', '.join(task_names)}).")
+            if group in task_names and group not in members:
+                raise ConfigError(f"{where}: adapters.groups: group '{group}' has the name of task '{group}', which is "
+                                  "not in it; rename the group.")
+
     def group_of(self, task: str) -> str | None:
         if not self.enabled:
             return None

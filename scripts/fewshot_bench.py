@@ -96,9 +96,11 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
             for shots in args.shots:
-                settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group)
+                settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
+                                         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
                 summary = few_shot_adapt(model, task, settings, source=str(source))
-                model.remove_task(task.name)
+                if task.name in model.tasks:  # 'full' leaves nothing behind
+                    model.remove_task(task.name)
                 values = [s.metrics[summary.metric] for s in summary.seeds]
                 row = {"split": split, "task": task_name, "shots": shots, "init": init, "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
@@ -138,6 +140,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
     parser.add_argument("--test-limit", type=int, default=None, help="score on the first N test examples of each task")
+    parser.add_argument("--epochs", type=int, default=10, help="adaptation: passes over the support set")
+    parser.add_argument("--max-steps", type=int, default=60, help="adaptation: cap on optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="adaptation batch size")
     parser.add_argument("--mtl-steps", type=int, default=1000)
     parser.add_argument("--meta-episodes", type=int, default=200)
     parser.add_argument("--algorithm", default="fomaml", choices=["fomaml", "reptile", "maml"])

@@ -147,6 +147,13 @@ def test_adapter_training_leaves_the_encoder_untouched_and_round_trips(data_dir,
     with pytest.raises(UserError, match="different base encoder"):
         load_task_package(other, package)
 
+    # A package never replaces a folder that is not one, and needs --overwrite to replace one.
+    with pytest.raises(UserError, match="exists and is not empty"):
+        save_task_package(model, "toy_ner", package)
+    with pytest.raises(UserError, match="not a task package"):
+        save_task_package(model, "toy_ner", run, overwrite=True)
+    assert (run / "FINISHED").is_file()
+
     # predict: each task through its own adapter; --add-task brings a packaged one in.
     capsys.readouterr()
     assert main(["predict", str(run), "--text", SENTENCES[1]]) == 0
@@ -185,14 +192,21 @@ def test_shared_adapter_group_and_parameter_report(data_dir, tiny_bert, capsys):
     assert {t.adapter for t in model.tasks.values()} == {"shared"}
 
 
-def test_adapter_config_errors(data_dir, tiny_bert, capsys):
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=5)
+@pytest.mark.parametrize("adapters,message", [
+    ({"type": "lora", "options": {"rank": 0}}, "adapters.options: rank and alpha must be > 0"),
+    ({"type": "lora", "groups": {"g": ["toy_nre"]}}, "adapters.groups.g: 'toy_nre' is not a task of this experiment"),
+    ({"type": "lora", "groups": {"toy_ner": ["toy_sent"]}}, "group 'toy_ner' has the name of task 'toy_ner'"),
+    ({"type": "none", "options": {"rank": 4}}, "options/groups given but type is 'none'"),
+])
+def test_adapter_config_errors(data_dir, tiny_bert, capsys, adapters, message):
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], steps=5)
     raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 0}}
+    raw["adapters"] = adapters
     config.write_text(yaml.safe_dump(raw))
     assert main(["train", str(config), "--output-dir", str(data_dir / "r")]) == 2
     err = capsys.readouterr().err
-    assert "adapters.options" in err and "rank" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err
+    assert not (data_dir / "r").exists()
 
 
 def test_lora_task_exports_as_a_stock_model_with_the_adapter_folded_in(data_dir, tiny_bert):

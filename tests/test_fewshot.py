@@ -203,7 +203,9 @@ def test_second_order_gradient_differs_from_first_order(tiny_bert, data_dir):
     analytic = sum(float((second[n] * direction[n]).sum()) for n in init)
     first_order = sum(float((first[n] * direction[n]).sum()) for n in init)
     assert analytic == pytest.approx(numeric, rel=1e-2)
-    assert first_order != pytest.approx(numeric, rel=5e-2)  # first-order MAML is an approximation
+    # First order (with the prototype path kept) approximates it: close, not equal.
+    assert first_order != pytest.approx(analytic, rel=1e-3)
+    assert first_order == pytest.approx(numeric, rel=0.25)
 
 
 def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, capsys):
@@ -232,6 +234,11 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     assert all(s["per_class"] == {"neg": 4, "pos": 4} and s["support_size"] == 8 for s in summary["seeds"])
     assert 0 <= summary["mean"]["macro_f1"] <= 1 and summary["metric"] == "macro_f1"
     assert (data_dir / "adapted" / "weights.safetensors").is_file()
+    assert main(["--quiet", "adapt", str(run), "--task", str(spec), "--save", str(data_dir / "adapted")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["predict", str(run), "--add-task", str(data_dir / "adapted"), "--text", "a great movie"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"]["toy_sent_csv"]["label"] in ("pos", "neg")
 
     # Other inits run through the same path; a bad one is a clear error.
     assert main(["--quiet", "adapt", str(run), "--task", str(spec), "--shots", "2", "--seeds", "1", "--init", "full",
@@ -246,3 +253,16 @@ def test_meta_train_needs_adapters(tiny_bert, data_dir, capsys):
     config = write_experiment(data_dir, tiny_bert, ["toy_ner"])
     assert main(["meta-train", str(config), "--output-dir", str(data_dir / "m")]) == 2
     assert "add an 'adapters:' section" in capsys.readouterr().err
+
+
+def test_python_api_adapt_returns_a_summary(tiny_bert, data_dir):
+    import nlp_mtl
+
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=5)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "pfeiffer"}
+    config.write_text(yaml.safe_dump(raw))
+    nlp_mtl.train(config, data_dir / "run", quiet=True)
+    summary = nlp_mtl.adapt(data_dir / "run", data_dir / "specs" / "toy_sent.yaml", shots=2, seeds=2, init="fresh")
+    assert summary.init == "fresh" and [s.seed for s in summary.seeds] == [1, 2]
+    assert set(summary.mean) >= {"accuracy", "macro_f1"}

@@ -175,7 +175,8 @@ class AdaptSummary:
 
 def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSettings, source: str = "",
                    quiet: bool = True, on_seed: Any = None) -> AdaptSummary:
-    """Adapt ``model`` to ``task`` once per seed; the model keeps the last seed's adapter and head."""
+    """Adapt ``model`` to ``task`` once per seed. With an adapter init the model keeps the last
+    seed's adapter and head (``save_task_package`` writes them); with 'full' it keeps nothing."""
     started = time.perf_counter()
     if "test" not in task.encoded:
         raise UserError(f"{task.spec.source}: few-shot adaptation is scored on the test split; the spec has none.")
@@ -187,15 +188,22 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()} if init == "full" else None
     info = TaskHeadInfo(name=task.name, task_type=task.spec.type, head=task.spec.head.get("type", task.task_type.head),
                         labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
-                        metric=task.metric)
+                        metric=task.metric, pair=any("text_pair" in row for row in task.data.splits["train"][:100]))
+    was_training, encoder_trainable = model.training, next(model.encoder.parameters()).requires_grad
     results = []
-    for seed in tqdm(settings.seeds, desc=f"adapting {task.name} ({settings.shots}-shot, {init})", disable=quiet):
-        result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state)
-        results.append(result)
-        if on_seed is not None:
-            on_seed(result)
-    if init == "full":
-        model.encoder.load_state_dict(encoder_state)
+    try:
+        for seed in tqdm(settings.seeds, desc=f"adapting {task.name} ({settings.shots}-shot, {init})", disable=quiet):
+            result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state)
+            results.append(result)
+            if on_seed is not None:
+                on_seed(result)
+    finally:
+        # The encoder is shared and stays as it came: weights (init 'full'), frozen, same mode.
+        if encoder_state is not None:
+            model.encoder.load_state_dict(encoder_state)
+            model.remove_task(task.name)  # its head was trained with an encoder that is gone now
+        model.encoder.requires_grad_(encoder_trainable)
+        model.train(was_training)
     keys = sorted(set.intersection(*(set(r.metrics) for r in results)))
     mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
     std = {k: float(np.std([r.metrics[k] for r in results])) for k in keys}

@@ -158,6 +158,7 @@ def build_meta_model(config: ExperimentConfig, encoder: Any, tokenizer: Any) -> 
             raise ConfigError(f"meta.init_group: expected one of {', '.join(source.adapters)} "
                               f"(the adapter groups of {mc.init_from}), got {group!r}.")
         setup = AdapterSetup(source.adapter_setup.type, dict(source.adapter_setup.options), [META_GROUP])
+        source._hooks.remove()  # the encoder now belongs to the new model
         model = MultiTaskModel(source.encoder, [], source.tokenizer, setup)
         model.adapters[META_GROUP].load_state_dict(source.adapters[group].state_dict())
     else:
@@ -245,7 +246,12 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     else:
         resolve_backbone(config.backbone.name)
         encoder, tokenizer = load_backbone(config.backbone)
-    model = build_meta_model(config, encoder, tokenizer)
+    if config.meta.init_group and not config.meta.init_from:
+        raise ConfigError(f"{config.source or 'config'}: meta.init_group is set but meta.init_from is not; "
+                          "give the run to take that adapter group from.")
+    import torch
+
+    model = build_meta_model(config, encoder, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     run.prepare_new()
     tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet)
     run.write_experiment(config, specs)

@@ -37,11 +37,12 @@ def prototype_weights(features: torch.Tensor, labels: torch.Tensor, num_labels: 
     counts = onehot.sum(0)
     prototypes = (onehot.t() @ features) / counts.clamp(min=1).unsqueeze(1)
     present = counts > 0
-    with torch.no_grad():
-        spread = ((features - prototypes[labels]) ** 2).sum(1).mean()
-        if spread < 1e-6:  # one example per class: use the distances between prototypes instead
-            spread = torch.cdist(prototypes[present], prototypes[present]).pow(2).mean() / 2
-        temperature = spread.clamp(min=1e-3)
+    # Differentiable like the rest, so second-order MAML's gradient is the true one.
+    spread = ((features - prototypes[labels]) ** 2).sum(1).mean()
+    if float(spread.detach()) < 1e-6:  # one example per class: use the distances between prototypes instead
+        kept = prototypes[present]
+        spread = ((kept[:, None] - kept[None]) ** 2).sum(-1).mean() / 2
+    temperature = spread.clamp(min=1e-3)
     weight = 2 * prototypes / temperature
     bias = -(prototypes * prototypes).sum(1) / temperature
     floor = bias[present].min().detach() - 1.0 if bool(present.any()) else bias.new_zeros(())

@@ -107,6 +107,8 @@ class MultiTaskModel(nn.Module):
         if info.adapter is not None and all(t.adapter != info.adapter for t in self.tasks.values()):
             del self.adapters[info.adapter]
             self.adapter_setup.groups.remove(info.adapter)
+            if self._hooks is not None and self._hooks.active == info.adapter:
+                self._hooks.active = None
 
     def add_adapter_group(self, group: str, copy_from: str | None = None) -> nn.Module:
         """A new adapter set: fresh (the adapter type's own initialisation) or a copy of another."""
@@ -123,6 +125,8 @@ class MultiTaskModel(nn.Module):
 
     def use_adapter(self, group: str | None) -> None:
         """Route the next encoder passes through ``group``'s adapters (None: the bare encoder)."""
+        if group is not None and group not in self.adapters:
+            raise KeyError(f"no adapter group '{group}' (this model has: {', '.join(self.adapters) or 'none'})")
         if self._hooks is not None:
             self._hooks.active = group
 

@@ -45,12 +45,15 @@ def save_task_package(model: MultiTaskModel, task: str, directory: str | Path, o
     if info.adapter is None or model.adapter_setup is None:
         raise UserError(f"task '{task}' has no adapter: it runs on the fine-tuned encoder itself, so it cannot be "
                         "saved apart from it. Use 'nlp-mtl export' for a full model instead.")
-    if model.adapter_setup.train_backbone:
-        raise UserError(f"task '{task}': the encoder was trained along with the adapters, so the adapter only fits "
-                        "that encoder; use 'nlp-mtl export' for a full model instead.")
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise UserError(f"{directory}: exists and is not empty; pass --overwrite to replace it.")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory}: is a file; give a directory for the task package.")
+    if directory.exists() and any(directory.iterdir()):
+        if not overwrite:
+            raise UserError(f"{directory}: exists and is not empty; pass --overwrite to replace it.")
+        if not (directory / "task.json").is_file():
+            # --overwrite replaces a task package, never some other folder (a run, a model, a home).
+            raise UserError(f"{directory}: is not a task package (no task.json); refusing to replace it.")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -80,9 +83,9 @@ def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
         if meta.get("format") != PACKAGE_FORMAT:
             raise KeyError("format")
         info = TaskHeadInfo(**meta["task"])
-        adapter = meta["adapter"]
+        setup = AdapterSetup(str(meta["adapter"]["type"]), dict(meta["adapter"]["options"]), [])
         fingerprint = meta["encoder"]["fingerprint"]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{directory}: not a task package (no task.json); write one with "
                         "'nlp-mtl export RUN_DIR --task T --out DIR --adapter-only'.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -90,12 +93,11 @@ def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
     if fingerprint != encoder_fingerprint(model.encoder):
         raise UserError(f"{directory}: this adapter was trained on a different base encoder "
                         f"({meta['encoder'].get('name_or_path') or 'unknown'}); load it onto that encoder.")
-    if info.name in model.tasks:
+    if info.name in model.tasks or info.name in model.adapters:
         raise UserError(f"{directory}: task '{info.name}' is already in the model.")
-    setup = AdapterSetup(adapter["type"], dict(adapter["options"]), [])
     if model.adapter_setup is None:
         model.install_adapters(setup)
-    elif (model.adapter_setup.type, model.adapter_setup.options) != (setup.type, setup.options):
+    elif not same_adapters(model.adapter_setup, setup):
         raise UserError(f"{directory}: a {setup.type} adapter {setup.options}; this model's adapters are "
                         f"{model.adapter_setup.type} {model.adapter_setup.options}, and one model holds one kind.")
     try:
@@ -103,14 +105,21 @@ def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
     except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"{directory / 'weights.safetensors'}: unreadable weights ({err}).") from None
     group = info.name
-    adapter_set = model.add_adapter_group(group)
     info = TaskHeadInfo(**{**asdict(info), "adapter": group})
+    model.add_adapter_group(group)
     model.add_task(info)
-    device = next(model.encoder.parameters()).device
     try:
-        adapter_set.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        model.adapters[group].load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
         model.heads[info.name].load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
     except RuntimeError as err:
+        model.remove_task(info.name)  # nothing half-added stays behind
         raise UserError(f"{directory / 'weights.safetensors'}: weights do not fit ({str(err).splitlines()[0]}).") from None
-    model.heads[info.name].to(device)
+    model.heads[info.name].to(next(model.encoder.parameters()).device)
     return info.name
+
+
+def same_adapters(a: AdapterSetup, b: AdapterSetup) -> bool:
+    """Same type and the same options once defaults are filled in ({} == {reduction_factor: 16})."""
+    from .adapters import parse_options
+
+    return a.type == b.type and parse_options(a.type, a.options, "adapters") == parse_options(b.type, b.options, "adapters")

@@ -182,6 +182,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         run.check_new(overwrite)
     resolve_backbone(config.backbone.name)
     specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
+    config.adapters.check_groups([s.name for s in specs], config.source or "config")
     datas = load_all(specs, data_root(config), config.data.limit)
     encoder, tokenizer = load_backbone(config.backbone)
     check_max_length(specs, encoder.config)
