@@ -7,6 +7,30 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def publish_mode(path: Path) -> None:
+    """Temp files and folders are created private (0600/0700, and safetensors writes 0600); what
+    is renamed into place gets the permissions a plain open() or mkdir() would have given it."""
+    umask = current_umask()
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
 def atomic_write(path: Path, content: str | bytes) -> None:
     """Text is written as UTF-8, bytes as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -14,6 +38,7 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        publish_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

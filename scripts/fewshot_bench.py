@@ -86,7 +86,7 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     work = Path(args.work_dir) / split
     mtl_dir, meta_dir = train_stages(split, args, work)
     root = Path(args.data_root).resolve() if args.data_root else default_data_root()
-    _, held_out = SPLITS[split]
+    held_out = args.tasks or SPLITS[split][1]
     sources = {"fresh": (mtl_dir, "fresh"), "mtl": (mtl_dir, "shared"), "meta": (meta_dir, "meta"),
                "full": (mtl_dir, "full")}
     rows = []
@@ -136,6 +136,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", action="append", choices=sorted(SPLITS), help="(repeatable; default: all)")
+    parser.add_argument("--tasks", nargs="+", help="held-out tasks to test (default: the split's)")
     parser.add_argument("--shots", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))

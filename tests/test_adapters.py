@@ -222,3 +222,22 @@ def test_bottleneck_task_export_is_refused_with_the_alternative(data_dir, tiny_b
     run = _adapter_run(data_dir, tiny_bert, {"type": "pfeiffer"}, steps=5)
     assert main(["export", str(run), "--task", "toy_ner", "--out", str(data_dir / "x")]) == 2
     assert "--adapter-only" in capsys.readouterr().err
+
+
+def test_published_files_and_folders_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from nlp_mtl.fileio import atomic_write, current_umask
+    from nlp_mtl.model.multitask import replace_dir
+
+    atomic_write(tmp_path / "f.json", "{}")
+    src = tmp_path / "src"
+    src.mkdir(mode=0o700)
+    (src / "w.bin").write_bytes(b"x")
+    os.chmod(src / "w.bin", 0o600)
+    replace_dir(src, tmp_path / "dst")
+    umask = current_umask()
+    assert stat.S_IMODE(os.stat(tmp_path / "f.json").st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(tmp_path / "dst").st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(os.stat(tmp_path / "dst" / "w.bin").st_mode) == 0o666 & ~umask

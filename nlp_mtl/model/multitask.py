@@ -256,6 +256,9 @@ def replace_dir(src: Path, dst: Path) -> None:
     Leftovers of earlier kills (half-written temp folders, folders set aside) are removed once
     the new folder is in place.
     """
+    from ..fileio import publish_mode
+
+    publish_mode(src)
     if dst.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, aside / dst.name)
