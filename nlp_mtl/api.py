@@ -36,7 +36,7 @@ def train(config: str | Path | ExperimentConfig, output_dir: str | Path | None =
         check_config_object(config)
     else:
         config = load_experiment(config, list(overrides or []))
-    run = RunDir(output_dir or config.output_dir or f"runs/{config.name}")
+    run = RunDir.for_config(config, output_dir)
     return _train(config, run, quiet=quiet, overwrite=overwrite)
 
 
@@ -65,7 +65,7 @@ def meta_train(config: str | Path | ExperimentConfig, output_dir: str | Path | N
         check_config_object(config)
     else:
         config = load_experiment(config, list(overrides or []))
-    run = RunDir(output_dir or config.output_dir or f"runs/{config.name}")
+    run = RunDir.for_config(config, output_dir)
     return _meta_train(config, run, quiet=quiet, overwrite=overwrite)
 
 
@@ -73,15 +73,9 @@ def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, see
           data_root: str | Path | None = None, test_limit: int | None = None, quiet: bool = True) -> Any:
     """Few-shot adaptation to a new task, once per seed (1..seeds); returns an ``AdaptSummary``
     with every seed's metrics and report, and their mean and std."""
-    from .config import default_data_root, load_task_spec, resolve_task_path
-    from .fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task
-    from .model import MultiTaskModel
+    from .config import load_task_spec, resolve_task_path
+    from .fewshot.adapt import AdaptSettings, adapt_run
 
     spec = task if isinstance(task, TaskSpec) else load_task_spec(resolve_task_path(str(task)))
-    run = RunDir(run_dir)
-    root = Path(data_root) if data_root else (run.read_experiment()[2] if run.experiment_path.is_file()
-                                              else default_data_root())
-    model = MultiTaskModel.from_pretrained(run.path)
-    prepared = load_new_task(spec, root, model.tokenizer, test_limit)
     settings = AdaptSettings(shots=shots, seeds=tuple(range(1, seeds + 1)), init=init)
-    return few_shot_adapt(model, prepared, settings, source=str(run.path), quiet=quiet)
+    return adapt_run(run_dir, spec, settings, data_root, test_limit, quiet=quiet)[1]

@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("train: give an experiment CONFIG, or --resume RUN_DIR.")
         config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-        run = RunDir(args.output_dir or config.output_dir or f"runs/{config.name}")
+        run = RunDir.for_config(config, args.output_dir)
         result = train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
@@ -279,7 +279,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from .run_dir import RunDir
 
     config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-    run = RunDir(args.output_dir or config.output_dir or f"runs/{config.name}")
+    run = RunDir.for_config(config, args.output_dir)
     result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"meta-training took {result.seconds / 60:.1f} min")
@@ -287,29 +287,20 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .config import default_data_root, load_task_spec, resolve_task_path
-    from .fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task, write_summary
-    from .model import MultiTaskModel
+    from .config import load_task_spec, resolve_task_path
+    from .fewshot.adapt import AdaptSettings, adapt_run, write_summary
     from .run_dir import RunDir
 
     if args.lr <= 0:
         raise UserError(f"--lr: expected a number > 0, got {args.lr}.")
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
-    if args.data_root:
-        root = Path(args.data_root).resolve()
-    elif run.experiment_path.is_file():
-        root = run.read_experiment()[2]
-    else:
-        root = default_data_root()
     if args.save:
         save = Path(args.save)
         if args.init == "full":
             raise UserError("--save keeps an adapter + head; --init full trains the whole encoder instead (nothing small to save).")
         if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not args.overwrite)):
             raise UserError(f"--save {save}: exists; pass --overwrite to replace a task package there.")
-    model = MultiTaskModel.from_pretrained(run.path, device=_device())
-    task = load_new_task(spec, root, model.tokenizer, args.test_limit)
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
                              epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
 
@@ -317,15 +308,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps; "
               f"per class {result.per_class}\n{result.report}")
 
-    summary = few_shot_adapt(model, task, settings, source=str(run.path), quiet=args.quiet, on_seed=show)
+    model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
+                               on_seed=show, device=_device())
     print(summary.headline())
-    output = Path(args.output) if args.output else run.path / "adapt" / f"{task.name}.{args.shots}shot.{summary.init}.json"
+    output = Path(args.output) if args.output else run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.init}.json"
     write_summary(summary, output)
     print(f"summary written to {output}")
     if args.save:
         from .model.task_package import save_task_package
 
-        save_task_package(model, task.name, args.save, overwrite=args.overwrite)
+        save_task_package(model, spec.name, args.save, overwrite=args.overwrite)
         print(f"adapter + head of seed {summary.seeds[-1].seed} saved to {args.save}")
     return 0
 

@@ -37,6 +37,11 @@ class RunDir:
     experiment_path = property(lambda self: self.path / "experiment.json")
     finished_path = property(lambda self: self.path / "FINISHED")
 
+    @classmethod
+    def for_config(cls, config: ExperimentConfig, output_dir: str | Path | None = None) -> RunDir:
+        """The run directory: ``output_dir`` if given, else the config's, else runs/<name>."""
+        return cls(output_dir or config.output_dir or f"runs/{config.name}")
+
     def check_new(self, overwrite: bool) -> None:
         """Refuse to train into a directory holding a run, finished or not, unless told to."""
         if not overwrite:

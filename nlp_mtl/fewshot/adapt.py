@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..evaluation import evaluate_tasks
 from ..fileio import atomic_write
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
-from .episodes import support_set
+from .episodes import ClassIndex, support_set
 from .meta import META_GROUP, class_index
 from .prototypes import init_head_from_prototypes, labelled_features
 
@@ -107,12 +107,13 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
 
 
 def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, seed: int,
-                   settings: AdaptSettings, encoder_state: dict[str, torch.Tensor] | None) -> SeedResult:
+                   settings: AdaptSettings, encoder_state: dict[str, torch.Tensor] | None,
+                   index: ClassIndex) -> SeedResult:
     """Adapt ``model`` (in place: a new adapter group and head named after the task) and score."""
     device = next(model.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
     torch.manual_seed(seed)
-    indices, per_class = support_set(task.labels, class_index(task), settings.shots, seed)
+    indices, per_class = support_set(task.labels, index, settings.shots, seed)
     if init == "full":
         model.encoder.load_state_dict(encoder_state)  # every seed starts from the same encoder
         model.encoder.requires_grad_(True)
@@ -189,11 +190,12 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     info = TaskHeadInfo(name=task.name, task_type=task.spec.type, head=task.spec.head.get("type", task.task_type.head),
                         labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
                         metric=task.metric, pair=any("text_pair" in row for row in task.data.splits["train"][:100]))
+    index = class_index(task)  # one pass over the train split, shared by every seed
     was_training, encoder_trainable = model.training, next(model.encoder.parameters()).requires_grad
     results = []
     try:
         for seed in tqdm(settings.seeds, desc=f"adapting {task.name} ({settings.shots}-shot, {init})", disable=quiet):
-            result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state)
+            result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state, index)
             results.append(result)
             if on_seed is not None:
                 on_seed(result)
@@ -222,3 +224,24 @@ def load_new_task(spec: TaskSpec, root: Path, tokenizer: Any, test_limit: int | 
 def write_summary(summary: AdaptSummary, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(summary.to_json(), indent=2) + "\n")
+
+
+def adapt_run(run_dir: str | Path, spec: TaskSpec, settings: AdaptSettings, data_root: str | Path | None = None,
+              test_limit: int | None = None, quiet: bool = True, on_seed: Any = None,
+              device: str = "cpu") -> tuple[MultiTaskModel, AdaptSummary]:
+    """``nlp-mtl adapt`` and ``nlp_mtl.adapt``: load the run, read the new task (data root: the
+    given one, else the run's, else the default), adapt. Returns the model (holding the last
+    seed's adapter and head) and the summary."""
+    from ..config import default_data_root
+    from ..run_dir import RunDir
+
+    run = RunDir(run_dir)
+    if data_root:
+        root = Path(data_root).resolve()
+    elif run.experiment_path.is_file():
+        root = run.read_experiment()[2]
+    else:
+        root = default_data_root()
+    model = MultiTaskModel.from_pretrained(run.path, device=device)
+    task = load_new_task(spec, root, model.tokenizer, test_limit)
+    return model, few_shot_adapt(model, task, settings, source=str(run.path), quiet=quiet, on_seed=on_seed)

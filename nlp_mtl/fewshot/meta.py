@@ -249,8 +249,6 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     if config.meta.init_group and not config.meta.init_from:
         raise ConfigError(f"{config.source or 'config'}: meta.init_group is set but meta.init_from is not; "
                           "give the run to take that adapter group from.")
-    import torch
-
     model = build_meta_model(config, encoder, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     run.prepare_new()
     tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet)
