@@ -259,6 +259,11 @@ class MetaConfig:
     init_group: str | None = None
     # Query loss and accuracy before/after adaptation are logged every this many episodes.
     log_every: int = 20
+    # Share of episodes that are self-supervised "which word was masked?" tasks made from the
+    # training tasks' own text (nlp_mtl/fewshot/masked_words.py): new label sets without end,
+    # where the training tasks' few label sets are soon exhausted. Split evenly over the levels.
+    masked_words: float = 0.0
+    masked_word_levels: list[str] = field(default_factory=lambda: ["sentence", "token"])
 
     def validate(self, where: str) -> None:
         for key in ("episodes", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "log_every"):
@@ -269,6 +274,14 @@ class MetaConfig:
         for key in ("inner_lr", "outer_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: expected a number > 0, got {getattr(self, key)}.")
+        if not 0 <= self.masked_words <= 1:
+            raise ConfigError(f"{where}.masked_words: expected a share of episodes between 0 and 1, "
+                              f"got {self.masked_words}.")
+        levels = ("sentence", "token")
+        if self.masked_words > 0 and (not self.masked_word_levels or
+                                      any(level not in levels for level in self.masked_word_levels)):
+            raise ConfigError(f"{where}.masked_word_levels: expected a non-empty list of {' and '.join(levels)}, "
+                              f"got {self.masked_word_levels}.")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,12 @@ SPLITS = {
 INITS = ("fresh", "mtl", "meta", "full")
 
 
+def meta_name(args: argparse.Namespace) -> str:
+    """Meta-learned inits made with different settings are kept apart and reused."""
+    name = f"meta_{args.algorithm}_{args.meta_episodes}ep_{args.inner_steps}in"
+    return name + (f"_mw{args.masked_words:g}" if args.masked_words else "")
+
+
 def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     from nlp_mtl.config import ExperimentConfig
     from nlp_mtl.fewshot.meta import meta_train
@@ -60,12 +66,12 @@ def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path
         "data": {"limit": {"validation": 500, "test": 10}},
         "meta": {"algorithm": args.algorithm, "episodes": args.meta_episodes, "init_from": str(work / "mtl"),
                  "init_group": "shared", "ways": 5, "shots": 4, "query_shots": 4, "inner_steps": args.inner_steps,
-                 "log_every": 25},
+                 "masked_words": args.masked_words, "log_every": 25},
     }
     if args.data_root:
         base["data"]["root"] = args.data_root
     config = from_mapping(ExperimentConfig, base, "fewshot_bench")
-    mtl, meta = RunDir(work / "mtl"), RunDir(work / "meta")
+    mtl, meta = RunDir(work / "mtl"), RunDir(work / meta_name(args))
     if not mtl.finished_path.exists():
         started = time.perf_counter()
         train(config, mtl, quiet=not args.verbose, overwrite=True)
@@ -148,6 +154,8 @@ def main() -> None:
     parser.add_argument("--meta-episodes", type=int, default=200)
     parser.add_argument("--algorithm", default="fomaml", choices=["fomaml", "reptile", "maml"])
     parser.add_argument("--inner-steps", type=int, default=3)
+    parser.add_argument("--masked-words", type=float, default=0.5,
+                        help="share of meta-training episodes that are masked-word tasks (0: task episodes only)")
     parser.add_argument("--adapter", default="lora")
     parser.add_argument("--adapter-options", help="JSON (default: LoRA r=8 on every linear layer, as the main job)",
                         default='{"rank": 8, "alpha": 16, "target_modules": ["query", "key", "value", '

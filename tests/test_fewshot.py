@@ -140,8 +140,8 @@ def _query_loss_after_adaptation(model, tasks, mc, seed=123, n=12):
             torch.manual_seed(0)
             head = HEADS.get(task.task_type.head).build(32, len(episode.labels), {}, "h")
             module = EpisodeModel(model, head, META_GROUP)
-            support = episode_batch(task, episode, episode.support, 0, torch.device("cpu"))
-            query = episode_batch(task, episode, episode.query, 0, torch.device("cpu"))
+            support = episode_batch(task, episode, episode.support, 0)
+            query = episode_batch(task, episode, episode.query, 0)
             losses.append(run_episode(module, init, support, query, len(episode.labels), mc).query_loss_after)
     return float(np.mean(losses))
 
@@ -171,8 +171,8 @@ def test_second_order_gradient_differs_from_first_order(tiny_bert, data_dir):
             p.add_(0.05 * torch.randn_like(p))  # away from LoRA's zero B, where second-order terms vanish
     task = tasks[1]
     episode = EpisodeSampler(task.name, task.labels, class_index(task), 5, 4, 8, seed=0).sample()
-    support = episode_batch(task, episode, episode.support, 0, torch.device("cpu"))
-    query = episode_batch(task, episode, episode.query, 0, torch.device("cpu"))
+    support = episode_batch(task, episode, episode.support, 0)
+    query = episode_batch(task, episode, episode.query, 0)
     model.eval()
     init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
     model.double()
@@ -266,3 +266,125 @@ def test_python_api_adapt_returns_a_summary(tiny_bert, data_dir):
     summary = nlp_mtl.adapt(data_dir / "run", data_dir / "specs" / "toy_sent.yaml", shots=2, seeds=2, init="fresh")
     assert summary.init == "fresh" and [s.seed for s in summary.seeds] == [1, 2]
     assert set(summary.mean) >= {"accuracy", "macro_f1"}
+
+
+def _masked_word_sources(tiny_bert, data_dir, level, seed=3):
+    from transformers import AutoTokenizer
+
+    from nlp_mtl.config import load_task_spec
+    from nlp_mtl.data.pipeline import load_all
+    from nlp_mtl.fewshot.masked_words import MaskedWordCorpus, MaskedWordEpisodes
+
+    specs = [load_task_spec(data_dir / "specs" / f"{t}.yaml") for t in ("toy_ner", "toy_sent")]
+    corpus = MaskedWordCorpus.build(load_all(specs, data_dir / "data"), min_sentences=6)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    return corpus, tokenizer, MaskedWordEpisodes(corpus, tokenizer, level, ways=3, shots=2, query_shots=4,
+                                                 seed=seed, min_ways=3)
+
+
+def test_masked_word_sentence_episodes_hide_one_word_k_times_per_class(tiny_bert, data_dir):
+    corpus, tokenizer, source = _masked_word_sources(tiny_bert, data_dir, "sentence")
+    for _ in range(10):
+        episode = source.sample()
+        assert episode.head == "sequence_classification" and episode.num_labels == 3
+        assert not set(episode.support_examples) & set(episode.query_examples)
+        assert len(set(episode.classes)) == 3
+        for batch, examples, k in ((episode.support, episode.support_examples, 2),
+                                   (episode.query, episode.query_examples, 4)):
+            assert Counter(batch["labels"].tolist()) == {0: k, 1: k, 2: k}
+            for row, sentence, label in zip(batch["input_ids"], examples, batch["labels"].tolist()):
+                words = corpus.lowered[sentence]
+                hidden = episode.classes[label]
+                # the class's word is in the sentence, and masked out of its encoding
+                assert hidden in words and not set(episode.classes) - {hidden} & set(words)
+                text = tokenizer.decode(row, skip_special_tokens=False).split()
+                assert hidden not in text
+                assert text.count(tokenizer.mask_token) == words.count(hidden)
+    first = _masked_word_sources(tiny_bert, data_dir, "sentence", seed=5)[2].sample()
+    again = _masked_word_sources(tiny_bert, data_dir, "sentence", seed=5)[2].sample()
+    other = _masked_word_sources(tiny_bert, data_dir, "sentence", seed=6)[2].sample()
+    assert first.support_examples == again.support_examples
+    assert torch.equal(first.support["input_ids"], again.support["input_ids"])
+    assert first.support_examples != other.support_examples
+
+
+def test_masked_word_token_episodes_score_exactly_the_masked_positions(tiny_bert, data_dir):
+    _, tokenizer, source = _masked_word_sources(tiny_bert, data_dir, "token")
+    for _ in range(10):
+        episode = source.sample()
+        assert episode.head == "token_classification" and episode.num_labels == 3
+        assert not set(episode.support_examples) & set(episode.query_examples)
+        for batch in (episode.support, episode.query):
+            masked = batch["input_ids"] == tokenizer.mask_token_id
+            scored = batch["labels"] >= 0
+            assert torch.equal(masked, scored)
+            assert set(batch["labels"][scored].tolist()) == {0, 1, 2}
+
+
+def test_masked_word_episodes_need_a_mask_token_and_enough_words(tiny_bert, data_dir):
+    from nlp_mtl.fewshot.masked_words import MaskedWordEpisodes
+
+    corpus, tokenizer, _ = _masked_word_sources(tiny_bert, data_dir, "token")
+    with pytest.raises(ValueError, match="at least|only"):
+        MaskedWordEpisodes(corpus, tokenizer, "token", ways=len(corpus.words) + 1, shots=2, query_shots=4)
+    with pytest.raises(ValueError, match="level"):
+        MaskedWordEpisodes(corpus, tokenizer, "paragraph", ways=3, shots=2, query_shots=4)
+
+
+def _template_corpus(n=300, seed=0):
+    """Sentences whose words follow from their context ("who went [MASK] the city" hides "to"),
+    so that filling in masked words can be learnt; random word bags could not be. The varying
+    adjectives are too rare to be drawn as classes."""
+    from types import SimpleNamespace
+
+    from .conftest import NEGATIVE, POSITIVE
+
+    rng = np.random.default_rng(seed)
+    templates = ["who went to the city today", "what is a {adj} movie", "{adj} movie from the city",
+                 "where is a city with a {adj} movie", "visited and saw a movie"]
+    rows = [{"text": templates[rng.integers(len(templates))].format(adj=rng.choice(POSITIVE + NEGATIVE)),
+             "label": "x"} for _ in range(n)]
+    return SimpleNamespace(data=SimpleNamespace(splits={"train": rows}))
+
+
+def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_dir):
+    """Only masked-word episodes (masked_words: 1): the adapter learns to fill in words from
+    context, measured on masked-word episodes it has not seen."""
+    from dataclasses import replace
+
+    from nlp_mtl.fewshot.masked_words import MaskedWordCorpus, MaskedWordEpisodes
+    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, meta_train_loop, run_episode
+    from nlp_mtl.model.heads import HEADS
+
+    model, _, mc = _meta_setup(tiny_bert, data_dir, "fomaml")
+    mc = replace(mc, masked_words=1.0, masked_word_levels=["token"], shots=2, query_shots=4, ways=3,
+                 min_ways=3, episodes=80)
+    tasks = [_template_corpus(seed=0)]
+    corpus = MaskedWordCorpus.build([_template_corpus(seed=1).data], min_sentences=20)
+    held_out = MaskedWordEpisodes(corpus, model.tokenizer, "token", 3, 2, 4, seed=999)
+    episodes = [held_out.sample() for _ in range(8)]
+
+    def query_loss() -> float:
+        model.eval()
+        init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
+        losses = []
+        for e in episodes:
+            torch.manual_seed(0)
+            head = HEADS.get(e.head).build(32, e.num_labels, {}, "h")
+            losses.append(run_episode(EpisodeModel(model, head, META_GROUP), init, e.support, e.query,
+                                      e.num_labels, mc).query_loss_after)
+        return float(np.mean(losses))
+
+    before = query_loss()
+    meta_train_loop(model, tasks, mc, seed=0, quiet=True)
+    assert query_loss() < 0.9 * before
+
+
+def test_masked_words_config_errors_name_the_field():
+    from nlp_mtl.errors import ConfigError
+    from nlp_mtl.schema import from_mapping
+
+    with pytest.raises(ConfigError, match=r"meta\.masked_words: expected a share"):
+        from_mapping(MetaConfig, {"masked_words": 1.5}, "meta")
+    with pytest.raises(ConfigError, match=r"meta\.masked_word_levels"):
+        from_mapping(MetaConfig, {"masked_words": 0.5, "masked_word_levels": ["paragraph"]}, "meta")

@@ -10,9 +10,10 @@ get exactly K examples per class. Query examples never overlap the support.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..data.encoding import EncodedSplit
 
@@ -92,6 +93,24 @@ def sample_k_shot(index: ClassIndex, classes: list[int], shots: int, rng: np.ran
                 for o in index.per_example[i] & wanted:
                     have[o] += 1
     return chosen
+
+
+@dataclass
+class EpisodeBatches:
+    """One episode, ready to run, whatever made it (a task's labels or masked words): the head
+    type and width, and the padded support and query batches."""
+
+    source: str
+    head: str
+    head_options: dict
+    num_labels: int
+    support: dict[str, torch.Tensor]
+    query: dict[str, torch.Tensor]
+    # The classes' names, and which examples (of the task's train split, or of the masked-word
+    # corpus) the support and query hold.
+    classes: list[str] = field(default_factory=list)
+    support_examples: list[int] = field(default_factory=list)
+    query_examples: list[int] = field(default_factory=list)
 
 
 @dataclass

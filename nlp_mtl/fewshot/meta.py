@@ -34,7 +34,8 @@ from ..errors import ConfigError
 from ..model import AdapterSetup, MultiTaskModel
 from ..model.heads import Head
 from ..registry import HEADS
-from .episodes import ClassIndex, Episode, EpisodeSampler
+from .episodes import ClassIndex, Episode, EpisodeBatches, EpisodeSampler
+from .masked_words import MaskedWordCorpus, MaskedWordEpisodes
 from .prototypes import labelled_features, prototype_weights
 
 META_GROUP = "meta"
@@ -63,11 +64,53 @@ class EpisodeModel(nn.Module):
         return self.head.loss(logits, labels), logits
 
 
-def episode_batch(task: PreparedTask, episode: Episode, indices: list[int], pad_id: int,
-                  device: torch.device) -> dict[str, torch.Tensor]:
+def episode_batch(task: PreparedTask, episode: Episode, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     batch = collate(task.encoded["train"], indices, pad_id)
     batch["labels"] = torch.from_numpy(episode.remap(batch["labels"].numpy()))
-    return {k: v.to(device) for k, v in batch.items()}
+    return batch
+
+
+class TaskEpisodes:
+    """Episodes from one training task's own labels."""
+
+    def __init__(self, task: PreparedTask, mc: MetaConfig, seed: int, pad_id: int) -> None:
+        try:
+            self.sampler = EpisodeSampler(task.name, task.labels, class_index(task), mc.ways, mc.shots,
+                                          mc.query_shots, seed=seed, min_ways=mc.min_ways)
+        except ValueError as err:
+            raise ConfigError(f"{task.spec.source}: {err}") from None
+        self.task, self.pad_id, self.name = task, pad_id, task.name
+
+    def sample(self) -> EpisodeBatches:
+        episode = self.sampler.sample()
+        return EpisodeBatches(self.name, self.task.spec.head.get("type", self.task.task_type.head),
+                              dict(self.task.spec.head), len(episode.labels),
+                              episode_batch(self.task, episode, episode.support, self.pad_id),
+                              episode_batch(self.task, episode, episode.query, self.pad_id),
+                              episode.classes, episode.support, episode.query)
+
+
+def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig,
+                    seed: int) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
+    """Every source of episodes and how often each is drawn: the tasks share ``1 - masked_words``
+    evenly, the masked-word levels share ``masked_words``."""
+    pad_id = tokenizer.pad_token_id or 0
+    sources: list[TaskEpisodes | MaskedWordEpisodes] = []
+    weights: list[float] = []
+    if mc.masked_words < 1:
+        for i, task in enumerate(tasks):
+            sources.append(TaskEpisodes(task, mc, seed + 7919 * i, pad_id))
+            weights.append((1 - mc.masked_words) / len(tasks))
+    if mc.masked_words > 0:
+        corpus = MaskedWordCorpus.build([t.data for t in tasks], mc.shots + mc.query_shots, seed=seed)
+        for j, level in enumerate(mc.masked_word_levels):
+            try:
+                sources.append(MaskedWordEpisodes(corpus, tokenizer, level, mc.ways, mc.shots, mc.query_shots,
+                                                  seed=seed + 104729 * (j + 1), min_ways=mc.min_ways))
+            except ValueError as err:
+                raise ConfigError(f"meta.masked_words: {err}") from None
+            weights.append(mc.masked_words / len(mc.masked_word_levels))
+    return sources, np.asarray(weights) / sum(weights)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -176,32 +219,25 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     """Learn ``model.adapters['meta']`` in place."""
     started = time.perf_counter()
     device = next(model.parameters()).device
-    pad_id = model.tokenizer.pad_token_id or 0
-    samplers = {}
-    for i, task in enumerate(tasks):
-        try:
-            samplers[task.name] = EpisodeSampler(task.name, task.labels, class_index(task), mc.ways, mc.shots,
-                                                 mc.query_shots, seed=seed + 7919 * i, min_ways=mc.min_ways)
-        except ValueError as err:
-            raise ConfigError(f"{task.spec.source}: {err}") from None
+    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed)
     rng = np.random.default_rng(seed)
     hidden = model.encoder.config.hidden_size
     init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
     outer = torch.optim.Adam(init.values(), lr=mc.outer_lr)
     history: list[dict[str, float]] = []
     window: list[EpisodeResult] = []
-    by_name = {t.name: t for t in tasks}
     model.train()
     bar = tqdm(range(mc.episodes), desc=f"meta-training ({mc.algorithm})", disable=quiet, dynamic_ncols=True)
     for episode_number in bar:
-        task = by_name[list(samplers)[rng.integers(len(samplers))]]
-        episode = samplers[task.name].sample()
-        head = HEADS.get(task.spec.head.get("type", task.task_type.head)).build(
-            hidden, len(episode.labels), task.spec.head, f"{task.name}.head").to(device)
+        # An even draw keeps the episode order of runs made before masked-word episodes existed.
+        pick = rng.integers(len(sources)) if np.ptp(weights) == 0 else rng.choice(len(sources), p=weights)
+        batches = sources[pick].sample()
+        head = HEADS.get(batches.head).build(hidden, batches.num_labels, batches.head_options,
+                                             f"{batches.source}.head").to(device)
         module = EpisodeModel(model, head, META_GROUP)
-        support = episode_batch(task, episode, episode.support, pad_id, device)
-        query = episode_batch(task, episode, episode.query, pad_id, device)
-        result = run_episode(module, init, support, query, len(episode.labels), mc)
+        support = {k: v.to(device) for k, v in batches.support.items()}
+        query = {k: v.to(device) for k, v in batches.query.items()}
+        result = run_episode(module, init, support, query, batches.num_labels, mc)
         for name, param in init.items():
             g = result.grads[name] / mc.meta_batch
             param.grad = g if param.grad is None else param.grad + g
@@ -259,7 +295,9 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     say(f"meta-training a {model.adapter_setup.type} adapter initialisation ({adapter:,} parameters, "
         f"{100 * adapter / encoder_size:.2f}% of the encoder) with {mc.algorithm}: {mc.episodes} episodes of "
         f"up to {mc.ways}-way {mc.shots}-shot (query {mc.query_shots}), {mc.inner_steps} inner steps, "
-        f"on {', '.join(t.name for t in tasks)}")
+        f"on {', '.join(t.name for t in tasks)}"
+        + (f" ({100 * mc.masked_words:.0f}% masked-word episodes: {', '.join(mc.masked_word_levels)})"
+           if mc.masked_words else ""))
     result = meta_train_loop(model, tasks, mc, config.training.seed, run.metrics_path, quiet)
     model.save_pretrained(run.model_dir)
     if result.history:
