@@ -190,6 +190,11 @@ def test_shared_adapter_group_and_parameter_report(data_dir, tiny_bert, capsys):
     model = MultiTaskModel.from_pretrained(data_dir / "run")
     assert list(model.adapters) == ["shared"]
     assert {t.adapter for t in model.tasks.values()} == {"shared"}
+    # the shared adapter is counted once, not once per task
+    adapter = sum(p.numel() for p in model.adapters["shared"].parameters())
+    head = sum(p.numel() for p in model.heads["toy_ner"].parameters())
+    assert f"toy_ner: head {head:,} parameters, plus adapter 'shared' ({adapter:,}" in out
+    assert out.count("shared by 2 tasks") == 2
 
 
 @pytest.mark.parametrize("adapters,message", [

@@ -90,10 +90,21 @@ def parameter_summary(model: MultiTaskModel) -> list[str]:
     if model.adapter_setup is not None:
         backbone = "trainable" if model.adapter_setup.train_backbone else "frozen"
         lines[0] += f"; encoder {encoder:,} ({backbone}), adapters: {model.adapter_setup.type}"
-        for name in model.tasks:
+        users: dict[str | None, list[str]] = {}
+        for name, info in model.tasks.items():
+            users.setdefault(info.adapter, []).append(name)
+        for name, info in model.tasks.items():
             own = sum(p.numel() for p in model.task_parameters(name))
-            lines.append(f"  {name}: adapter '{model.tasks[name].adapter}' + head = {own:,} parameters "
-                         f"({100 * own / encoder:.2f}% of the encoder)")
+            sharing = users[info.adapter]
+            if info.adapter is not None and len(sharing) > 1:
+                adapter = sum(p.numel() for p in model.adapters[info.adapter].parameters())
+                # A shared adapter is the task's only once: count it once, say who shares it.
+                lines.append(f"  {name}: head {own - adapter:,} parameters, plus adapter '{info.adapter}' "
+                             f"({adapter:,}, {100 * adapter / encoder:.2f}% of the encoder) shared by "
+                             f"{len(sharing)} tasks")
+            else:
+                lines.append(f"  {name}: adapter '{info.adapter}' + head = {own:,} parameters "
+                             f"({100 * own / encoder:.2f}% of the encoder)")
     return lines
 
 
