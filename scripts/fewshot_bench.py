@@ -3,7 +3,8 @@
 
 For each split, the *training* tasks are used twice, with the same frozen encoder:
   1. multi-task training of ONE adapter shared by all training tasks (nlp-mtl train);
-  2. meta-training (nlp-mtl meta-train) of an adapter initialisation, starting from (1).
+  2. meta-training (nlp-mtl meta-train) of an adapter initialisation, starting from (1), on
+     episodes of the training tasks and (--masked-words) masked-word episodes from their text.
 Then every held-out task is learnt from K examples per class (K in --shots), once per seed,
 from each of:
   (a) fresh   a new adapter on the pretrained encoder
@@ -24,7 +25,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=60, help="adaptation: cap on optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32, help="adaptation batch size")
     parser.add_argument("--mtl-steps", type=int, default=1000)
-    parser.add_argument("--meta-episodes", type=int, default=200)
+    parser.add_argument("--meta-episodes", type=int, default=500)
     parser.add_argument("--algorithm", default="fomaml", choices=["fomaml", "reptile", "maml"])
     parser.add_argument("--inner-steps", type=int, default=3)
     parser.add_argument("--masked-words", type=float, default=0.5,
