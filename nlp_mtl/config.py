@@ -278,10 +278,11 @@ class MetaConfig:
             raise ConfigError(f"{where}.masked_words: expected a share of episodes between 0 and 1, "
                               f"got {self.masked_words}.")
         levels = ("sentence", "token")
-        if self.masked_words > 0 and (not self.masked_word_levels or
-                                      any(level not in levels for level in self.masked_word_levels)):
-            raise ConfigError(f"{where}.masked_word_levels: expected a non-empty list of {' and '.join(levels)}, "
-                              f"got {self.masked_word_levels}.")
+        given = self.masked_word_levels
+        if self.masked_words > 0 and (not given or len(set(given)) != len(given)
+                                      or any(level not in levels for level in given)):
+            raise ConfigError(f"{where}.masked_word_levels: expected sentence, token or both, each once, "
+                              f"got {given}.")
 
 
 @dataclass(frozen=True)

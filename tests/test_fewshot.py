@@ -322,28 +322,62 @@ def test_masked_word_token_episodes_score_exactly_the_masked_positions(tiny_bert
 
 
 def test_masked_word_episodes_need_a_mask_token_and_enough_words(tiny_bert, data_dir):
+    from types import SimpleNamespace
+
     from nlp_mtl.fewshot.masked_words import MaskedWordEpisodes
 
     corpus, tokenizer, _ = _masked_word_sources(tiny_bert, data_dir, "token")
-    with pytest.raises(ValueError, match="at least|only"):
+    with pytest.raises(ValueError, match=r"only \d+ words occur in 6 or more training sentences.*lower meta.ways"):
         MaskedWordEpisodes(corpus, tokenizer, "token", ways=len(corpus.words) + 1, shots=2, query_shots=4)
     with pytest.raises(ValueError, match="level"):
         MaskedWordEpisodes(corpus, tokenizer, "paragraph", ways=3, shots=2, query_shots=4)
+    no_mask = SimpleNamespace(mask_token=None)
+    with pytest.raises(ValueError, match="mask token"):
+        MaskedWordEpisodes(corpus, no_mask, "token", ways=3, shots=2, query_shots=4)
+
+
+def test_masked_words_split_raw_text_so_punctuation_cannot_leak_the_word():
+    from nlp_mtl.fewshot.masked_words import sentence_words
+
+    assert sentence_words({"text": "The movie, I think, was fine; loved the movie."}) == [
+        "The", "movie", ",", "I", "think", ",", "was", "fine", ";", "loved", "the", "movie", "."]
+    assert sentence_words({"text": "it isn't well-known"}) == ["it", "isn't", "well-known"]
+    assert sentence_words({"tokens": ["U.S.", "says"]}) == ["U.S.", "says"]  # tokens stay as given
+
+
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2"])
+def test_masked_word_episodes_keep_the_mask_token_in_other_tokenizers(tmp_path, data_dir, family):
+    from nlp_mtl.config import load_task_spec
+    from nlp_mtl.data.pipeline import load_all
+    from nlp_mtl.fewshot.masked_words import MaskedWordCorpus, MaskedWordEpisodes
+
+    from .tiny_encoders import build_tokenizer
+
+    (tmp_path / family).mkdir()
+    tokenizer = build_tokenizer(family, tmp_path / family)
+    specs = [load_task_spec(data_dir / "specs" / f"{t}.yaml") for t in ("toy_ner", "toy_sent")]
+    corpus = MaskedWordCorpus.build(load_all(specs, data_dir / "data"), min_sentences=6)
+    for level in ("sentence", "token"):
+        episode = MaskedWordEpisodes(corpus, tokenizer, level, 3, 2, 4, seed=1).sample()
+        masked = episode.support["input_ids"] == tokenizer.mask_token_id
+        assert bool(masked.any(1).all())
+        if level == "token":
+            assert torch.equal(masked, episode.support["labels"] >= 0)
 
 
 def _template_corpus(n=300, seed=0):
     """Sentences whose words follow from their context ("who went [MASK] the city" hides "to"),
-    so that filling in masked words can be learnt; random word bags could not be. The varying
-    adjectives are too rare to be drawn as classes."""
+    so that filling in masked words can be learnt; random word bags could not be. Each sentence
+    also holds a random letter string, which keeps sentences distinct and is never a class."""
     from types import SimpleNamespace
 
-    from .conftest import NEGATIVE, POSITIVE
-
     rng = np.random.default_rng(seed)
-    templates = ["who went to the city today", "what is a {adj} movie", "{adj} movie from the city",
-                 "where is a city with a {adj} movie", "visited and saw a movie"]
-    rows = [{"text": templates[rng.integers(len(templates))].format(adj=rng.choice(POSITIVE + NEGATIVE)),
-             "label": "x"} for _ in range(n)]
+    templates = ["who went to the city {x}", "what is a great movie {x}", "{x} movie from the city",
+                 "where is a city with a {x}", "visited and saw a movie {x}"]
+    rows = []
+    for _ in range(n):
+        x = "".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), size=5))
+        rows.append({"text": templates[rng.integers(len(templates))].format(x=x), "label": "x"})
     return SimpleNamespace(data=SimpleNamespace(splits={"train": rows}))
 
 

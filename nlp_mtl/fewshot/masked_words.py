@@ -18,13 +18,14 @@ Two levels, so that sequence and token heads both meet unseen label sets:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..data.encoding import collate
+from ..data.encoding import EncodedSplit, collate
 from ..data.loading import TaskData
 from ..registry import TASK_TYPES
 from .episodes import EpisodeBatches
@@ -35,8 +36,13 @@ MAX_WORDS = 64           # longer sentences are cut: episodes stay cheap
 MAX_LENGTH = 128         # sub-word tokens
 
 
+# Words (inner apostrophes and hyphens kept: "n't", "well-known") and single punctuation marks,
+# so that "movie." in raw text is the word "movie" and cannot leak past its mask.
+WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*|\S")
+
+
 def sentence_words(row: dict) -> list[str]:
-    return list(row["tokens"]) if "tokens" in row else str(row.get("text", "")).split()
+    return list(row["tokens"]) if "tokens" in row else WORD.findall(str(row.get("text", "")))
 
 
 @dataclass
@@ -46,6 +52,7 @@ class MaskedWordCorpus:
 
     sentences: list[list[str]]
     lowered: list[list[str]]
+    word_sets: list[frozenset[str]]
     containing: dict[str, np.ndarray]    # word (lower case) -> sentence ids
     words: list[str]                     # eligible words, in a fixed order
     weights: np.ndarray                  # draw probability of each eligible word
@@ -57,17 +64,23 @@ class MaskedWordCorpus:
         it is alphabetic and at least ``min_sentences`` sentences hold it."""
         rng = np.random.default_rng(seed)
         sentences: list[list[str]] = []
+        lowered: list[list[str]] = []
+        seen: set[tuple[str, ...]] = set()
         for data in datas:
             rows = data.splits.get("train", [])
             picked = rng.permutation(len(rows))[:per_task] if len(rows) > per_task else range(len(rows))
             for i in picked:
                 words = sentence_words(rows[int(i)])[:MAX_WORDS]
-                if len(words) >= 3:
+                key = tuple(w.lower() for w in words)
+                # Support and query are kept apart by sentence; a repeated sentence would be in both.
+                if len(words) >= 3 and key not in seen:
+                    seen.add(key)
                     sentences.append(words)
-        lowered = [[w.lower() for w in s] for s in sentences]
+                    lowered.append(list(key))
+        word_sets = [frozenset(words) for words in lowered]
         found: dict[str, list[int]] = {}
-        for i, words in enumerate(lowered):
-            for w in set(words):
+        for i, words in enumerate(word_sets):
+            for w in words:
                 if w.isalpha():
                     found.setdefault(w, []).append(i)
         containing = {w: np.asarray(ids) for w, ids in found.items() if len(ids) >= min_sentences}
@@ -76,7 +89,7 @@ class MaskedWordCorpus:
         # than in a uniform draw over the vocabulary, but do not crowd out the content words.
         weights = np.sqrt(np.array([len(containing[w]) for w in words], dtype=np.float64))
         weights = weights / weights.sum() if len(words) else weights
-        return cls(sentences, lowered, containing, words, weights)
+        return cls(sentences, lowered, word_sets, containing, words, weights)
 
 
 class MaskedWordEpisodes:
@@ -90,9 +103,16 @@ class MaskedWordEpisodes:
         if not mask:
             raise ValueError("masked-word episodes need a tokenizer with a mask token; this one has none")
         if len(corpus.words) < ways:
-            raise ValueError(f"masked-word episodes: only {len(corpus.words)} words occur in "
-                             f"{shots + query_shots} or more training sentences; {ways} are needed")
+            raise ValueError(f"only {len(corpus.words)} words occur in {shots + query_shots} or more training "
+                             f"sentences and {ways} are needed per episode; lower meta.ways or meta.shots/"
+                             "query_shots, or set meta.masked_words: 0")
         self.corpus, self.tokenizer, self.level, self.mask = corpus, tokenizer, level, mask
+        self.mask_id = tokenizer.convert_tokens_to_ids(mask)
+        probe = self._encode_rows([{"text": f"a {mask} b", "label": "0"}] if level == "sentence" else
+                                  [{"tokens": ["a", mask, "b"], "tags": ["O", "W0", "O"]}], 1)
+        if int((probe.input_ids.flat == self.mask_id).sum()) != 1:
+            raise ValueError(f"this tokenizer does not keep its mask token {mask!r} as one token in "
+                             f"{level}-level input; set meta.masked_words: 0")
         self.ways, self.min_ways = ways, min(min_ways or ways, ways)
         self.shots, self.query_shots = shots, query_shots
         self.rng = np.random.default_rng(seed)
@@ -105,23 +125,27 @@ class MaskedWordEpisodes:
             words = self.rng.choice(len(self.corpus.words), size=ways, replace=False, p=self.corpus.weights)
             chosen = [self.corpus.words[int(i)] for i in words]
             drawn = self._draw(chosen)
-            if drawn is not None:
-                support, query = drawn
-                return EpisodeBatches(self.name, HEAD_OF_LEVEL[self.level], {}, len(chosen),
-                                      self._encode(support, chosen), self._encode(query, chosen),
+            if drawn is None:
+                continue
+            support, query = drawn
+            batches = self._encode(support, chosen), self._encode(query, chosen)
+            if all(b is not None for b in batches):
+                return EpisodeBatches(self.name, HEAD_OF_LEVEL[self.level], {}, len(chosen), *batches,
                                       chosen, [i for i, _ in support], [i for i, _ in query])
-        raise RuntimeError("masked-word episodes: 20 draws in a row could not fill an episode")
+        raise ValueError(f"{self.level}-level masked-word episodes: 20 draws in a row could not fill an episode "
+                         "from the training text; lower meta.ways or meta.shots/query_shots, or drop this "
+                         "level from meta.masked_word_levels")
 
     def _draw(self, chosen: list[str]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
         """(sentence id, class) pairs of the support and the query set."""
-        lowered = self.corpus.lowered
+        word_sets = self.corpus.word_sets
         taken: set[int] = set()
         support, query = [], []
         for c, word in enumerate(chosen):
             candidates = self.rng.permutation(self.corpus.containing[word])
             if self.level == "sentence":
                 others = set(chosen) - {word}
-                candidates = [i for i in candidates.tolist() if i not in taken and not others & set(lowered[i])]
+                candidates = [i for i in candidates.tolist() if i not in taken and others.isdisjoint(word_sets[i])]
             else:
                 candidates = [i for i in candidates.tolist() if i not in taken]
             need = self.shots + self.query_shots
@@ -133,7 +157,8 @@ class MaskedWordEpisodes:
             query += [(i, c) for i in picked[self.shots :]]
         return support, query
 
-    def _encode(self, pairs: list[tuple[int, int]], chosen: list[str]) -> dict[str, torch.Tensor]:
+    def _encode(self, pairs: list[tuple[int, int]], chosen: list[str]) -> dict[str, torch.Tensor] | None:
+        """The padded batch, or None when truncation cut a mask off (drawn again)."""
         position = {w: c for c, w in enumerate(chosen)}
         rows = []
         for i, c in pairs:
@@ -145,13 +170,19 @@ class MaskedWordEpisodes:
                 masked = [self.mask if w in position else words[k] for k, w in enumerate(lowered)]
                 tags = [f"W{position[w]}" if w in position else "O" for w in lowered]
                 rows.append({"tokens": masked, "tags": tags})
+        encoded = self._encode_rows(rows, len(chosen))
+        batch = collate(encoded, list(range(len(rows))), self.pad_id)
+        if not bool((batch["input_ids"] == self.mask_id).any(1).all()):
+            return None
+        return batch
+
+    def _encode_rows(self, rows: list[dict], ways: int) -> EncodedSplit:
         if self.level == "sentence":
-            encoded = TASK_TYPES.get("sequence_classification").encode(
-                rows, self.tokenizer, [str(c) for c in range(len(chosen))], MAX_LENGTH)
-        else:
-            labels = ["O"] + [f"W{c}" for c in range(len(chosen))]
-            encoded = TASK_TYPES.get("token_classification").encode(rows, self.tokenizer, labels, MAX_LENGTH)
-            flat = encoded.labels.flat.astype(np.int64)
-            # Only the masked positions are scored; their ids shift down past the dropped "O".
-            encoded.labels.flat = np.where(flat > 0, flat - 1, -100).astype(np.int16)
-        return collate(encoded, list(range(len(rows))), self.pad_id)
+            return TASK_TYPES.get("sequence_classification").encode(rows, self.tokenizer,
+                                                                    [str(c) for c in range(ways)], MAX_LENGTH)
+        labels = ["O"] + [f"W{c}" for c in range(ways)]
+        encoded = TASK_TYPES.get("token_classification").encode(rows, self.tokenizer, labels, MAX_LENGTH)
+        flat = encoded.labels.flat.astype(np.int64)
+        # Only the masked positions are scored; their ids shift down past the dropped "O".
+        encoded.labels.flat = np.where(flat > 0, flat - 1, -100).astype(np.int16)
+        return encoded

@@ -225,13 +225,16 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
     outer = torch.optim.Adam(init.values(), lr=mc.outer_lr)
     history: list[dict[str, float]] = []
-    window: list[EpisodeResult] = []
+    window: list[tuple[str, EpisodeResult]] = []
     model.train()
     bar = tqdm(range(mc.episodes), desc=f"meta-training ({mc.algorithm})", disable=quiet, dynamic_ncols=True)
     for episode_number in bar:
         # An even draw keeps the episode order of runs made before masked-word episodes existed.
         pick = rng.integers(len(sources)) if np.ptp(weights) == 0 else rng.choice(len(sources), p=weights)
-        batches = sources[pick].sample()
+        try:
+            batches = sources[pick].sample()
+        except ValueError as err:  # only masked-word sources run dry, and only on odd settings
+            raise ConfigError(f"meta.masked_words: {err}") from None
         head = HEADS.get(batches.head).build(hidden, batches.num_labels, batches.head_options,
                                              f"{batches.source}.head").to(device)
         module = EpisodeModel(model, head, META_GROUP)
@@ -244,13 +247,17 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
         if (episode_number + 1) % mc.meta_batch == 0 or episode_number + 1 == mc.episodes:
             outer.step()
             outer.zero_grad(set_to_none=True)
-        window.append(result)
+        window.append((batches.source, result))
         bar.set_postfix(query_loss=f"{result.query_loss_before:.2f}->{result.query_loss_after:.2f}",
                         query_acc=f"{result.query_acc_before:.2f}->{result.query_acc_after:.2f}")
         if (episode_number + 1) % mc.log_every == 0 or episode_number + 1 == mc.episodes:
             record = {"event": "meta", "episode": episode_number + 1,
-                      **{k: round(float(np.mean([getattr(r, k) for r in window])), 4)
-                         for k in ("query_loss_before", "query_loss_after", "query_acc_before", "query_acc_after")}}
+                      **{k: round(float(np.mean([getattr(r, k) for _, r in window])), 4)
+                         for k in ("query_loss_before", "query_loss_after", "query_acc_before", "query_acc_after")},
+                      # Task and masked-word episodes differ in difficulty: their mean alone hides either.
+                      "query_acc_after_by_source": {
+                          name: round(float(np.mean([r.query_acc_after for n, r in window if n == name])), 4)
+                          for name in sorted({n for n, _ in window})}}
             history.append(record)
             window = []
             if metrics_path is not None:

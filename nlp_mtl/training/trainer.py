@@ -100,8 +100,8 @@ def parameter_summary(model: MultiTaskModel) -> list[str]:
                 adapter = sum(p.numel() for p in model.adapters[info.adapter].parameters())
                 # A shared adapter is the task's only once: count it once, say who shares it.
                 lines.append(f"  {name}: head {own - adapter:,} parameters, plus adapter '{info.adapter}' "
-                             f"({adapter:,}, {100 * adapter / encoder:.2f}% of the encoder) shared by "
-                             f"{len(sharing)} tasks")
+                             f"({adapter:,}, {100 * adapter / encoder:.2f}% of the encoder) shared with "
+                             f"{', '.join(t for t in sharing if t != name)}")
             else:
                 lines.append(f"  {name}: adapter '{info.adapter}' + head = {own:,} parameters "
                              f"({100 * own / encoder:.2f}% of the encoder)")
