@@ -124,26 +124,31 @@ def _meta_setup(tiny_bert, data_dir, algorithm):
     return model, tasks, mc
 
 
-def _query_loss_after_adaptation(model, tasks, mc, seed=123, n=12):
-    """Mean query loss after the inner loop, on fixed held-out episodes (dropout off)."""
-    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, class_index, episode_batch, run_episode
+def _mean_query_loss(model, episodes, mc):
+    """Mean query loss after the inner loop on fixed episodes (dropout off, same head init)."""
+    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, run_episode
     from nlp_mtl.model.heads import HEADS
-    from nlp_mtl.fewshot.episodes import EpisodeSampler
 
     model.eval()
-    losses = []
     init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
-    for task in tasks:
-        sampler = EpisodeSampler(task.name, task.labels, class_index(task), mc.ways, mc.shots, mc.query_shots, seed)
-        for _ in range(n // len(tasks)):
-            episode = sampler.sample()
-            torch.manual_seed(0)
-            head = HEADS.get(task.task_type.head).build(32, len(episode.labels), {}, "h")
-            module = EpisodeModel(model, head, META_GROUP)
-            support = episode_batch(task, episode, episode.support, 0)
-            query = episode_batch(task, episode, episode.query, 0)
-            losses.append(run_episode(module, init, support, query, len(episode.labels), mc).query_loss_after)
+    losses = []
+    for e in episodes:
+        torch.manual_seed(0)
+        head = HEADS.get(e.head).build(32, e.num_labels, e.head_options, "h")
+        losses.append(run_episode(EpisodeModel(model, head, META_GROUP), init, e.support, e.query,
+                                  e.num_labels, mc).query_loss_after)
     return float(np.mean(losses))
+
+
+def _query_loss_after_adaptation(model, tasks, mc, seed=123, n=12):
+    """On held-out episodes of the training tasks."""
+    from nlp_mtl.fewshot.meta import TaskEpisodes
+
+    episodes = []
+    for task in tasks:
+        source = TaskEpisodes(task, mc, seed, 0)
+        episodes += [source.sample() for _ in range(n // len(tasks))]
+    return _mean_query_loss(model, episodes, mc)
 
 
 @pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "maml"])
@@ -282,12 +287,18 @@ def _masked_word_sources(tiny_bert, data_dir, level, seed=3):
                                                  seed=seed, min_ways=3)
 
 
+def _sample_checked(source, head):
+    """An episode of 3 classes for ``head`` whose support and query share no sentence."""
+    episode = source.sample()
+    assert episode.head == head and episode.num_labels == 3
+    assert not set(episode.support_examples) & set(episode.query_examples)
+    return episode
+
+
 def test_masked_word_sentence_episodes_hide_one_word_k_times_per_class(tiny_bert, data_dir):
     corpus, tokenizer, source = _masked_word_sources(tiny_bert, data_dir, "sentence")
     for _ in range(10):
-        episode = source.sample()
-        assert episode.head == "sequence_classification" and episode.num_labels == 3
-        assert not set(episode.support_examples) & set(episode.query_examples)
+        episode = _sample_checked(source, "sequence_classification")
         assert len(set(episode.classes)) == 3
         for batch, examples, k in ((episode.support, episode.support_examples, 2),
                                    (episode.query, episode.query_examples, 4)):
@@ -311,9 +322,7 @@ def test_masked_word_sentence_episodes_hide_one_word_k_times_per_class(tiny_bert
 def test_masked_word_token_episodes_score_exactly_the_masked_positions(tiny_bert, data_dir):
     _, tokenizer, source = _masked_word_sources(tiny_bert, data_dir, "token")
     for _ in range(10):
-        episode = source.sample()
-        assert episode.head == "token_classification" and episode.num_labels == 3
-        assert not set(episode.support_examples) & set(episode.query_examples)
+        episode = _sample_checked(source, "token_classification")
         for batch in (episode.support, episode.query):
             masked = batch["input_ids"] == tokenizer.mask_token_id
             scored = batch["labels"] >= 0
@@ -387,8 +396,7 @@ def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_d
     from dataclasses import replace
 
     from nlp_mtl.fewshot.masked_words import MaskedWordCorpus, MaskedWordEpisodes
-    from nlp_mtl.fewshot.meta import META_GROUP, EpisodeModel, meta_train_loop, run_episode
-    from nlp_mtl.model.heads import HEADS
+    from nlp_mtl.fewshot.meta import meta_train_loop
 
     model, _, mc = _meta_setup(tiny_bert, data_dir, "fomaml")
     mc = replace(mc, masked_words=1.0, masked_word_levels=["token"], shots=2, query_shots=4, ways=3,
@@ -398,20 +406,9 @@ def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_d
     held_out = MaskedWordEpisodes(corpus, model.tokenizer, "token", 3, 2, 4, seed=999)
     episodes = [held_out.sample() for _ in range(8)]
 
-    def query_loss() -> float:
-        model.eval()
-        init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
-        losses = []
-        for e in episodes:
-            torch.manual_seed(0)
-            head = HEADS.get(e.head).build(32, e.num_labels, {}, "h")
-            losses.append(run_episode(EpisodeModel(model, head, META_GROUP), init, e.support, e.query,
-                                      e.num_labels, mc).query_loss_after)
-        return float(np.mean(losses))
-
-    before = query_loss()
+    before = _mean_query_loss(model, episodes, mc)
     meta_train_loop(model, tasks, mc, seed=0, quiet=True)
-    assert query_loss() < 0.9 * before
+    assert _mean_query_loss(model, episodes, mc) < 0.9 * before
 
 
 def test_masked_words_config_errors_name_the_field():
