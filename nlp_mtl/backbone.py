@@ -62,10 +62,14 @@ def load_encoder(name_or_path: str, safetensors_only: bool = False) -> Any:
     if safetensors_only:
         kwargs["use_safetensors"] = True
     try:
-        return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+        model = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
     except TypeError:
         kwargs.pop("add_pooling_layer", None)
-        return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+        model = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    # Weights stay fp32 whatever the checkpoint stores: transformers 5 keeps an fp16/bf16
+    # checkpoint in its own dtype, and plain fp16 training (no loss scaling, fp16 optimizer
+    # state) diverges. Mixed precision is autocast over fp32 weights.
+    return model.float()
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -17,6 +17,7 @@ from .errors import ConfigError, did_you_mean
 T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
 
 
 def _describe(tp: Any) -> str:
@@ -67,6 +68,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}.")
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no`/`off`/`yes`/`on` as a boolean; where the field's
+            # options include that word (mixed_precision: no), the user meant the word.
+            words = [a for a in allowed if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+            if len(words) == 1:
+                return words[0]
         if value not in allowed:
             hint = did_you_mean(str(value), [str(a) for a in allowed])
             raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}{hint}.")

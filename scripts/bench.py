@@ -3,6 +3,7 @@
 
     python scripts/bench.py                 # everything, ~10 min on 2 cores
     python scripts/bench.py --quick         # fewer steps and a 250k-example scale test
+    python scripts/bench.py --device cuda --steps 200 --phases training adapters inference memory
 
 Every phase runs back to back in this process (memory phases in child processes, so that each
 peak is its own) on the same model (the embedded MiniLM), data slice (CoNLL-2003 NER train),
@@ -15,6 +16,9 @@ batch size and seed:
 3. inference: one encoder pass serving an NER and a classification head vs two models;
 4. peak resident memory of training with 1, 2 and 3 tasks, and its growth per task;
 5. preprocessing synthetic sentence-classification data at two sizes: time and peak memory.
+
+`--device cuda` runs phases 1-4 on the GPU instead (the Trainer too), adds bf16 rows for both
+trainers, and reports peak GPU memory next to resident memory; preprocessing stays on the CPU.
 """
 
 from __future__ import annotations
@@ -48,29 +52,42 @@ def rss_mib() -> float:
 
 # ---- 1. matmul peak ----------------------------------------------------------------------
 
-def matmul_gflops(dtype_name: str, seconds: float = 2.0) -> float:
+# tokens x hidden -> intermediate, and back: the shapes that carry the encoder's FLOPs.
+MODEL_SHAPES = ((640, 384, 1536), (640, 1536, 384), (2048, 384, 1536), (2048, 1536, 384))
+
+
+def matmul_gflops(dtype_name: str, device: str = "cpu", shapes=MODEL_SHAPES, seconds: float = 2.0) -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best = 0.0
-    # tokens x hidden -> intermediate, and back: the shapes that carry the encoder's FLOPs.
     # The best of several short windows: the peak is what the cores can do, not a mean over
-    # moments when something else ran.
-    for m, k, n in ((640, 384, 1536), (640, 1536, 384), (2048, 384, 1536), (2048, 1536, 384)):
-        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    # moments when something else ran. On a GPU each window ends with a sync, so the count is
+    # of finished products, not queued launches.
+    for m, k, n in shapes:
+        x = torch.randn(m, k, dtype=dtype, device=device)
+        w = torch.randn(n, k, dtype=dtype, device=device)
         torch.nn.functional.linear(x, w)
+        sync()
         for _ in range(5):
             calls, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds / 20:
-                torch.nn.functional.linear(x, w)
-                calls += 1
+                for _ in range(10):
+                    torch.nn.functional.linear(x, w)
+                calls += 10
+                sync()
             best = max(best, 2 * m * k * n * calls / (time.perf_counter() - start) / 1e9)
     return best
 
 
-def native_bf16() -> bool:
+def native_bf16(device: str = "cpu") -> bool:
+    import torch
+
     from nlp_mtl.training.precision import cpu_has_native_bf16
 
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return cpu_has_native_bf16()
 
 
@@ -118,8 +135,10 @@ def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, preci
             "tokens_per_s": sum(e["tokens_per_s"] * e["seconds"] for e in timed) / seconds}
 
 
-def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_size: int) -> dict:
+def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_size: int, device: str = "cpu",
+                     bf16: bool = False) -> dict:
     import datasets
+    import torch
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainerCallback, TrainingArguments, default_data_collator)
 
@@ -147,12 +166,15 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            marks[state.global_step] = time.perf_counter()
+            if state.global_step in (warmup, warmup + steps):
+                if device == "cuda":  # count finished steps, not queued kernels
+                    torch.cuda.synchronize()
+                marks[state.global_step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=warmup + steps,
                                  learning_rate=5e-5, warmup_steps=warmup, seed=SEED, report_to="none",
-                                 save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True,
+                                 save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", bf16=bf16,
                                  dataloader_num_workers=0, **_group_by_length_kwargs(mode == "group_by_length"))
         collator = default_data_collator if padding else DataCollatorForTokenClassification(tokenizer)
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its own summary dict
@@ -185,7 +207,7 @@ def encoder_flops_per_token() -> float:
 
 # ---- 3. inference -------------------------------------------------------------------------
 
-def bench_inference(texts: list[str], repeats: int = 3) -> dict:
+def bench_inference(texts: list[str], device: str = "cpu", repeats: int = 3) -> dict:
     import torch
 
     from nlp_mtl.backbone import load_encoder, load_tokenizer, resolve_backbone
@@ -196,11 +218,12 @@ def bench_inference(texts: list[str], repeats: int = 3) -> dict:
     ner = TaskHeadInfo("ner", "token_classification", "token_classification", ["O", "B-PER", "I-PER"])
     cls = TaskHeadInfo("topic", "sequence_classification", "sequence_classification", ["a", "b"])
     torch.manual_seed(SEED)
-    joint = Predictor(MultiTaskModel(load_encoder(path), [ner, cls], load_tokenizer(path)), batch_size=64)
-    separate = [Predictor(MultiTaskModel(load_encoder(path), [t], load_tokenizer(path)), batch_size=64)
+    joint = Predictor(MultiTaskModel(load_encoder(path), [ner, cls], load_tokenizer(path)).to(device), batch_size=64)
+    separate = [Predictor(MultiTaskModel(load_encoder(path), [t], load_tokenizer(path)).to(device), batch_size=64)
                 for t in (ner, cls)]
 
     def timed(fn) -> float:
+        # Predictor returns Python lists, so every batch already ends on the host: no extra sync.
         fn()
         best = float("inf")
         for _ in range(repeats):
@@ -230,7 +253,10 @@ def memory_child(tasks: list[str], examples: int) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         train(config, RunDir(Path(tmp) / "run"), quiet=True)
-    print(json.dumps({"peak_mib": rss_mib()}))
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    print(json.dumps({"peak_mib": rss_mib(), "gpu_peak_mib": gpu}))
 
 
 # ---- 5. preprocessing at scale (child processes) -------------------------------------------
@@ -281,6 +307,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4000, help="CoNLL-2003 training sentences to train on")
     parser.add_argument("--json", help="also write all numbers to this JSON file")
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="run only these phases")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where phases 1-4 run, both trainers included (default: cpu)")
+    parser.add_argument("--steps", type=int, help="timed training steps (default 40, 15 with --quick)")
+    parser.add_argument("--warmup", type=int, help="untimed warm-up steps (default 10, 5 with --quick)")
     parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,21 +319,35 @@ def main() -> None:
     if args.child_scale:
         return scale_child(args.child_scale)
 
-    # Every phase on the CPU, the Trainer included: ratios across devices would mean nothing.
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    device = args.device
+    if device == "cpu":
+        # Every phase on the CPU, the Trainer included: ratios across devices would mean nothing.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
     from transformers.utils import logging as hf_logging
 
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench: --device cuda, but PyTorch sees no CUDA GPU here.")
     hf_logging.set_verbosity_error()
     warmup, steps = (5, 15) if args.quick else (10, 40)
-    out: dict = {"machine": {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                             "threads": torch.get_num_threads(), "native_bf16": native_bf16()}}
+    warmup, steps = args.warmup or warmup, args.steps or steps
+    out: dict = {"machine": {"device": device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                             "threads": torch.get_num_threads(), "native_bf16": native_bf16(device),
+                             "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+                             "torch": torch.__version__}}
     print(f"machine: {out['machine']}", flush=True)
 
-    out["matmul_gflops"] = {"fp32": matmul_gflops("float32"), "bf16": matmul_gflops("bfloat16")}
-    print(f"1. matmul peak: fp32 {out['matmul_gflops']['fp32']:.1f} GFLOP/s, bf16 {out['matmul_gflops']['bf16']:.1f} "
-          f"GFLOP/s ({out['matmul_gflops']['bf16'] / out['matmul_gflops']['fp32']:.2f}x fp32)", flush=True)
-    precisions = ["no", "bf16"] if native_bf16() else ["no"]
+    out["matmul_gflops"] = {"fp32": matmul_gflops("float32", device), "bf16": matmul_gflops("bfloat16", device)}
+    print(f"1. matmul peak at this model's shapes: fp32 {out['matmul_gflops']['fp32']:.1f} GFLOP/s, bf16 "
+          f"{out['matmul_gflops']['bf16']:.1f} GFLOP/s ({out['matmul_gflops']['bf16'] / out['matmul_gflops']['fp32']:.2f}x"
+          " fp32)", flush=True)
+    if device == "cuda":
+        # The small shapes above leave most of a big GPU idle; the card's own ceiling, for scale.
+        big = ((8192, 8192, 8192),)
+        out["matmul_gflops_8192"] = {p: matmul_gflops(p, device, big) for p in ("float32", "bfloat16")}
+        print(f"   8192^3 products: fp32 {out['matmul_gflops_8192']['float32']:.0f} GFLOP/s, bf16 "
+              f"{out['matmul_gflops_8192']['bfloat16']:.0f} GFLOP/s", flush=True)
+    precisions = ["no", "bf16"] if native_bf16(device) else ["no"]
     if "bf16" not in precisions:
         print("   bf16 training skipped: this CPU has no native bf16 (no avx512_bf16/amx), so bf16 matmuls are "
               "emulated and slower than fp32", flush=True)
@@ -323,13 +367,17 @@ def main() -> None:
         name = "nlp-mtl" + (" bf16" if precision == "bf16" else "")
         train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision)
         print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
-    for mode in ("pad to 128", "dynamic padding", "group_by_length") if "training" in args.phases else ():
-        train_rows[f"Trainer, {mode}"] = bench_hf_trainer(rows, labels, mode, warmup, steps, args.batch_size)
-        print(f"2. Trainer, {mode}: {train_rows[f'Trainer, {mode}']['samples_per_s']:.1f} samples/s", flush=True)
+    trainer_runs = [(mode, False) for mode in ("pad to 128", "dynamic padding", "group_by_length")]
+    if "bf16" in precisions:  # the Trainer's fastest stock setting then includes bf16=True
+        trainer_runs.append(("group_by_length", True))
+    for mode, bf16 in trainer_runs if "training" in args.phases else ():
+        name = f"Trainer, {mode}" + (" bf16" if bf16 else "")
+        train_rows[name] = bench_hf_trainer(rows, labels, mode, warmup, steps, args.batch_size, device, bf16)
+        print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
     if "training" in args.phases:
         training_table(train_rows, out, flops_per_token, args.batch_size, steps, warmup)
     if "inference" in args.phases:
-        inference_phase(rows, out)
+        inference_phase(rows, out, device)
     if "memory" in args.phases:
         memory_phase(out)
     if "preprocessing" in args.phases:
@@ -339,7 +387,9 @@ def main() -> None:
 
 
 def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
-    baseline = train_rows["Trainer, group_by_length"]["samples_per_s"]
+    # Against the Trainer's fastest stock setting in the same precision.
+    baseline = {p: train_rows.get(f"Trainer, group_by_length{p}", train_rows["Trainer, group_by_length"])["samples_per_s"]
+                for p in ("", " bf16")}
     print(f"\ntraining, CoNLL-2003 NER, batch {batch_size}, {steps} timed steps after {warmup}:")
     print(f"{'configuration':28s} {'samples/s':>10s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'vs Trainer+gbl':>15s}")
@@ -347,15 +397,15 @@ def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_si
         peak = out["matmul_gflops"]["bf16" if name.endswith("bf16") else "fp32"]
         row["gflops"] = flops_per_token * row["tokens_per_s"] / 1e9
         row["fraction_of_peak"] = row["gflops"] / peak
-        row["vs_trainer_group_by_length"] = row["samples_per_s"] / baseline
+        row["vs_trainer_group_by_length"] = row["samples_per_s"] / baseline[" bf16" if name.endswith("bf16") else ""]
         print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
               f"{100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:14.2f}x")
     out["training"] = train_rows
 
 
-def inference_phase(rows: list, out: dict) -> None:
+def inference_phase(rows: list, out: dict, device: str = "cpu") -> None:
     texts = [" ".join(r["tokens"]) for r in rows[:512]]
-    out["inference"] = bench_inference(texts)
+    out["inference"] = bench_inference(texts, device)
     ratio = out["inference"]["one_pass_texts_per_s"] / out["inference"]["two_models_texts_per_s"]
     out["inference"]["ratio"] = ratio
     print(f"\n3. inference, NER + classification on {len(texts)} texts: one pass "
@@ -364,12 +414,19 @@ def inference_phase(rows: list, out: dict) -> None:
 
 
 def memory_phase(out: dict) -> None:
-    out["memory_peak_mib"] = {}
+    out["memory_peak_mib"], gpu_peaks = {}, {}
     for kind in ("full", "adapters"):
-        memory = {}
+        memory, gpu = {}, {}
         for tasks in (["conll2003_ner"], ["conll2003_ner", "trec_coarse"], ["conll2003_ner", "trec_coarse", "sst2"]):
-            memory[len(tasks)] = child("memory", kind, *tasks)["peak_mib"]
+            peaks = child("memory", kind, *tasks)
+            memory[len(tasks)], gpu[len(tasks)] = peaks["peak_mib"], peaks.get("gpu_peak_mib")
         out["memory_peak_mib"][kind] = memory
+        if gpu[1] is not None:
+            gpu_peaks[kind] = gpu
+            print(f"\n4. peak GPU memory allocated, {kind}: 1 task {gpu[1]:.0f} MiB, 2 tasks {gpu[2]:.0f} MiB, 3 tasks "
+                  f"{gpu[3]:.0f} MiB: +{(gpu[3] - gpu[1]) / 2:.0f} MiB per added task", flush=True)
+        if gpu_peaks:
+            out["gpu_memory_peak_mib"] = gpu_peaks
         growth = (memory[3] - memory[1]) / 2
         label = "full fine-tuning" if kind == "full" else "LoRA adapters, frozen encoder"
         print(f"\n4. peak resident memory, {label}: 1 task {memory[1]:.0f} MiB, 2 tasks {memory[2]:.0f} MiB, "

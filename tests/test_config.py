@@ -66,6 +66,16 @@ def test_overrides_reach_nested_keys(tmp_path):
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
 
 
+def test_a_bare_no_means_the_word_where_the_field_offers_it(tmp_path):
+    """YAML 1.1 reads `no` as false; `mixed_precision: no` must still mean 'no'."""
+    path = tmp_path / "e.yaml"
+    path.write_text("tasks: [conll2003_ner]\ntraining: {mixed_precision: no}\n")
+    assert load_experiment(path).training.mixed_precision == "no"
+    assert load_experiment(path, ["training.mixed_precision=no"]).training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision: expected 'no' or 'bf16'.*got True"):
+        load_experiment(path, ["training.mixed_precision=yes"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("training.batch_size=0", "batch_size: expected an integer > 0"),
     ("training.lr=-1", "lr: expected a number > 0"),

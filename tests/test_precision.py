@@ -25,3 +25,36 @@ def test_cpu_flags_are_read_from_cpuinfo():
     assert precision.cpu_has_native_bf16(sapphire)
     # a flag name inside another word does not count
     assert not precision.cpu_has_native_bf16("flags\t\t: avx512_bf16x\n")
+
+
+def test_a_half_precision_checkpoint_loads_as_fp32_weights(tmp_path, tiny_bert):
+    """Many published encoders are stored in fp16/bf16; transformers 5 would keep that dtype and
+    training would run in plain half precision. Autocast is how we mix precisions."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    from nlp_mtl.backbone import load_encoder
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_bert, half)
+    AutoModel.from_pretrained(tiny_bert).to(torch.float16).save_pretrained(half)
+    assert {p.dtype for p in AutoModel.from_pretrained(half).parameters()} in ({torch.float16}, {torch.float32})
+    assert {p.dtype for p in load_encoder(str(half)).parameters()} == {torch.float32}
+
+
+def test_varying_shape_batches_skip_cudnn_attention_on_cuda_only():
+    """cuDNN attention builds a graph per input shape; with dynamic padding that made a bf16 step
+    2.4x slower on an H100 (docs/bench-cuda.md). The flag is scoped to the context."""
+    import torch
+
+    from nlp_mtl.kernels import attention_for_varying_shapes
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_for_varying_shapes("cuda"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_for_varying_shapes("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

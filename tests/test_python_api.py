@@ -53,3 +53,16 @@ def test_config_objects_get_the_yaml_checks(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         nlp_mtl.train(bad, output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_two_trainings_in_one_process_may_use_different_precisions(data_dir, tiny_bert):
+    """accelerate's process-wide state refused a second mixed precision ("AcceleratorState has
+    already been initialized"), which broke scripts/bench.py on a GPU."""
+    from .conftest import write_experiment
+
+    config = write_experiment(data_dir, tiny_bert, ["toy_sent"])
+    for i, precision in enumerate(["no", "bf16", "no"]):
+        result = nlp_mtl.train(config, output_dir=data_dir / f"run{i}", quiet=True,
+                               overrides=["training.steps=4", "training.log_with=none", "training.evaluations=1",
+                                          f"training.mixed_precision={precision}"])
+        assert result.steps == 4

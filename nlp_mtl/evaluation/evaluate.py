@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.encoding import EncodedSplit, collate
 from ..data.pipeline import PreparedTask
+from ..kernels import attention_for_varying_shapes
 from ..task_types import TaskReport
 
 
@@ -26,7 +27,8 @@ def predict_split(model: Any, task: PreparedTask, split: EncodedSplit, batch_siz
     was_training = model.training
     model.eval()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()):
+    with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()), \
+            attention_for_varying_shapes(device):
         for indices in tqdm(batches, desc=desc or f"evaluating {task.name}", disable=quiet, leave=False):
             batch = {k: v.to(device) for k, v in collate(split, indices, pad_token_id).items()}
             labels = batch.pop("labels")

@@ -29,6 +29,7 @@ from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
 from ..fileio import atomic_write
+from ..kernels import attention_for_varying_shapes
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
@@ -156,6 +157,17 @@ class JsonlLog:
         atomic_write(self.path, "".join(line + "\n" for line in kept))
 
 
+def _forget_earlier_accelerator() -> None:
+    """train() may run several times in one process (the Python API, benchmarks), each with its
+    own mixed precision; accelerate keeps one process-wide state and refuses a second precision.
+    A single process holds nothing else in that state, so it starts anew. Under a multi-process
+    launch the state is the launch's and is left alone."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
 def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
           overwrite: bool = False) -> TrainResult:
     from accelerate import Accelerator
@@ -165,6 +177,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     tc = config.training
     trackers = resolve_trackers(tc.log_with)
     precision, precision_note = resolve_precision(tc.mixed_precision, torch.cuda.is_available())
+    _forget_earlier_accelerator()
     accelerator = Accelerator(
         log_with=trackers or None,
         project_dir=str(run.path / "logs"),
@@ -279,7 +292,8 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         interval_tokens += int(task.encoded["train"].lengths[indices].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(task.encoded["train"], indices, pad_id).items()}
         with accelerator.accumulate(model):
-            out = model(name, **batch)
+            with attention_for_varying_shapes(device):
+                out = model(name, **batch)
             loss = out["loss"]
             # Decided jointly, so that no process waits in an all-reduce the others skip. On CPU
             # the check is free; it keeps one bad batch from poisoning the weights.
