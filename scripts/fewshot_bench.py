@@ -11,6 +11,8 @@ from each of:
   (b) mtl     the shared adapter from (1)
   (c) meta    the meta-learned initialisation from (2)
   (d) full    full fine-tuning of the encoder (no adapter)
+  (e) auto    `adapt`'s default: per seed, (c) or (a), whichever one's support features separate
+              the new classes better (leave-one-out nearest prototype on the support set)
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
 rate) is the same for (a)-(c). Scores: entity F1 for IOB tagging (chunking), macro F1 otherwise
 (POS tags, question types). The table goes to stdout and --out (JSON).
@@ -38,7 +40,7 @@ SPLITS = {
     "ner_trec_sst2": (["conll2003_ner", "trec_coarse", "sst2"], ["conll2003_chunk", "conll2003_pos", "trec_fine"]),
     "syntax_sst2": (["conll2003_pos", "conll2003_chunk", "sst2"], ["conll2003_ner", "trec_coarse"]),
 }
-INITS = ("fresh", "mtl", "meta", "full")
+INITS = ("fresh", "mtl", "meta", "full", "auto")
 
 
 def meta_name(args: argparse.Namespace) -> str:
@@ -94,7 +96,7 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     root = Path(args.data_root).resolve() if args.data_root else default_data_root()
     held_out = args.tasks or SPLITS[split][1]
     sources = {"fresh": (mtl_dir, "fresh"), "mtl": (mtl_dir, "shared"), "meta": (meta_dir, "meta"),
-               "full": (mtl_dir, "full")}
+               "full": (mtl_dir, "full"), "auto": (meta_dir, "auto")}
     rows = []
     for init in args.inits:
         source, group = sources[init]
@@ -111,15 +113,19 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
                 row = {"split": split, "task": task_name, "shots": shots, "init": init, "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
                        "seconds": round(summary.seconds, 1)}
+                if init == "auto":
+                    row["chosen"] = [s.init for s in summary.seeds]
                 rows.append(row)
                 print(f"[{split}] {task_name:16s} K={shots:<3d} {init:6s} {summary.metric} "
-                      f"{100 * row['mean']:6.2f} ± {100 * row['std']:5.2f}  ({summary.seconds:.0f} s)", flush=True)
+                      f"{100 * row['mean']:6.2f} ± {100 * row['std']:5.2f}  ({summary.seconds:.0f} s)"
+                      f"{summary.choices()}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| split | held-out task | metric | K | fresh adapter (a) | MTL adapter (b) | meta-learned (c) | full FT (d) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| split | held-out task | metric | K | fresh adapter (a) | MTL adapter (b) | meta-learned (c) | full FT (d) "
+             "| auto: (c) or (a) (e) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["split"], r["task"], r["shots"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
     for split, task, shots in keys:
         cells = []

@@ -233,9 +233,10 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10",
                  "--output", str(summary_path), "--save", str(data_dir / "adapted")]) == 0
     out = capsys.readouterr().out
-    assert out.count("=== seed") == 3 and "precision" in out and "init meta" in out and "±" in out
+    assert out.count("=== seed") == 3 and "precision" in out and "init auto (" in out and "±" in out
     summary = json.loads(summary_path.read_text())
-    assert summary["init"] == "meta" and summary["shots"] == 4 and len(summary["seeds"]) == 3
+    assert summary["init"] == "auto" and summary["shots"] == 4 and len(summary["seeds"]) == 3
+    assert {s["init"] for s in summary["seeds"]} <= {"meta", "fresh"} and all(s["selection"] for s in summary["seeds"])
     assert all(s["per_class"] == {"neg": 4, "pos": 4} and s["support_size"] == 8 for s in summary["seeds"])
     assert 0 <= summary["mean"]["macro_f1"] <= 1 and summary["metric"] == "macro_f1"
     assert (data_dir / "adapted" / "weights.safetensors").is_file()
@@ -419,3 +420,54 @@ def test_masked_words_config_errors_name_the_field():
         from_mapping(MetaConfig, {"masked_words": 1.5}, "meta")
     with pytest.raises(ConfigError, match=r"meta\.masked_word_levels"):
         from_mapping(MetaConfig, {"masked_words": 0.5, "masked_word_levels": ["paragraph"]}, "meta")
+
+
+def test_leave_one_out_accuracy_scores_how_well_features_separate_the_classes():
+    from nlp_mtl.fewshot.prototypes import leave_one_out_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(6)
+    centres = torch.eye(3) * 10
+    separated = centres[labels] + torch.randn(18, 3, generator=gen)
+    assert leave_one_out_accuracy(separated, labels, torch.arange(18)) == 1.0
+    noise = torch.randn(18, 3, generator=gen)
+    assert leave_one_out_accuracy(noise, labels, torch.arange(18)) < 0.7
+    # Balanced: a class of one row among many is worth as much as the big one.
+    labels = torch.tensor([0] * 9 + [1])
+    features = torch.cat([torch.zeros(9, 2), torch.ones(1, 2)]) + 0.01 * torch.randn(10, 2, generator=gen)
+    # The lone class-1 row, held out, leaves class 1 with no prototype: it cannot be right.
+    assert leave_one_out_accuracy(features, labels, torch.arange(10)) == pytest.approx(0.5)
+    # Rows of one group (a sentence) are held out together: here each sentence holds one whole
+    # class, so none can be predicted.
+    labels, groups = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])
+    assert leave_one_out_accuracy(torch.eye(4), labels, groups) == 0.0
+
+
+def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_bert, data_dir, monkeypatch):
+    """init 'auto' = the run's trained adapter, unless a fresh one separates the support set's
+    classes better; the chosen init then trains exactly as that init alone would."""
+    import nlp_mtl
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=20)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
+    config.write_text(yaml.safe_dump(raw))
+    nlp_mtl.train(config, data_dir / "run", quiet=True)
+    spec = data_dir / "specs" / "toy_sent.yaml"
+
+    kept = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)  # 20 steps barely move it: a tie, kept
+    assert kept.init == "auto" and [s.init for s in kept.seeds] == ["toy_ner", "toy_ner"], [s.selection for s in kept.seeds]
+    assert all(set(s.selection) == {"toy_ner", "fresh"} for s in kept.seeds)
+    alone = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="toy_ner")
+    assert [s.metrics for s in kept.seeds] == [s.metrics for s in alone.seeds]
+
+    # Where the fresh adapter's support features score higher, it is chosen, and it trains as
+    # init 'fresh' alone would.
+    import nlp_mtl.fewshot.adapt as adapt_module
+
+    scores = iter([0.4, 0.9] * 2)  # candidates in order: the trained group, then fresh
+    monkeypatch.setattr(adapt_module, "leave_one_out_accuracy", lambda *a: next(scores))
+    fell_back = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)
+    assert [s.init for s in fell_back.seeds] == ["fresh", "fresh"]
+    assert fell_back.seeds[0].selection == {"toy_ner": 0.4, "fresh": 0.9} and "(fresh 2)" in fell_back.headline()
+    fresh = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="fresh")
+    assert [s.metrics for s in fell_back.seeds] == [s.metrics for s in fresh.seeds]

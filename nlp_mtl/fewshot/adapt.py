@@ -5,6 +5,12 @@ new task's train split; a new adapter starts from the chosen initialisation, the
 the support set's class prototypes; both are fine-tuned on the support set and scored on the
 whole test split. Inits:
 
+    auto     the run's meta-learned adapter (else its only adapter group), unless a fresh
+             adapter separates the support set's classes better: per seed, each candidate's
+             support features are scored by leave-one-out nearest-prototype accuracy, and the
+             higher wins (a tie keeps the trained one). A trained adapter can bend the encoder's
+             features away from what a new task needs; on POS tagging a fresh adapter beat
+             both trained ones (README, few-shot table), and this is how adapt notices.
     meta     the run's meta-learned adapter (``nlp-mtl meta-train``)
     GROUP    any adapter group of the run, e.g. a shared adapter from multi-task training
     fresh    a new adapter (the adapter type's own initialisation) on the run's encoder
@@ -33,7 +39,7 @@ from ..fileio import atomic_write
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from .episodes import ClassIndex, support_set
 from .meta import META_GROUP, class_index
-from .prototypes import init_head_from_prototypes, labelled_features
+from .prototypes import init_head_from_prototypes, labelled_features, leave_one_out_accuracy
 
 DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 
@@ -42,7 +48,7 @@ DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 class AdaptSettings:
     shots: int = 16
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    # 'auto': the run's 'meta' adapter if it has one, else its only adapter group, else fresh.
+    # 'auto': the run's 'meta' adapter (else its only adapter group) or fresh, chosen per seed.
     init: str = "auto"
     epochs: int = 10
     max_steps: int = 150
@@ -59,14 +65,14 @@ def fewshot_metric(task: PreparedTask) -> str:
     return "macro_f1"
 
 
-def resolve_init(model: MultiTaskModel, init: str) -> str:
+def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
+    """The candidate initialisations ``init`` stands for (one, except for 'auto')."""
     groups = list(model.adapters)
     if init == "auto":
-        if META_GROUP in groups:
-            return META_GROUP
-        return groups[0] if len(groups) == 1 else "fresh"
+        trained = META_GROUP if META_GROUP in groups else (groups[0] if len(groups) == 1 else None)
+        return (trained, "fresh") if trained else ("fresh",)
     if init in ("fresh", "full") or init in groups:
-        return init
+        return (init,)
     raise UserError(f"--init: expected meta, fresh, full or an adapter group of this run "
                     f"({', '.join(groups) or 'it has none'}), got '{init}'.")
 
@@ -88,11 +94,16 @@ class SeedResult:
     steps: int
     metrics: dict[str, float]
     report: str = field(repr=False, default="")
+    init: str = ""
+    # init 'auto': each candidate's leave-one-out nearest-prototype accuracy on the support set
+    selection: dict[str, float] = field(default_factory=dict)
 
 
 def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, labels, group): one row per scored token or example; ``group`` numbers the
+    example each row came from."""
+    feats, labels, groups = [], [], []
     head = model.heads[task.name]
     model.eval()
     with torch.no_grad():
@@ -101,30 +112,57 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
             model.use_adapter(model.tasks[task.name].adapter)
             hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             f, y = labelled_features(head, hidden, batch["attention_mask"], batch["labels"])
+            rows = torch.arange(start, start + len(batch["labels"]), device=y.device)
+            if batch["labels"].dim() == 2:  # token task: a row per scored token of each example
+                rows = rows.unsqueeze(1).expand_as(batch["labels"])[batch["labels"] >= 0]
             feats.append(f)
             labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+            groups.append(rows)
+    return torch.cat(feats), torch.cat(labels), torch.cat(groups)
 
 
-def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, seed: int,
-                   settings: AdaptSettings, encoder_state: dict[str, torch.Tensor] | None,
+def _start_adapter(model: MultiTaskModel, task: PreparedTask, init: str) -> None:
+    model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+
+
+def choose_init(model: MultiTaskModel, task: PreparedTask, candidates: tuple[str, ...], indices: list[int],
+                pad_id: int, device: torch.device) -> tuple[str, dict[str, float]]:
+    """The candidate whose support features separate the classes best (the first on a tie),
+    with every candidate's score. The task's adapter group is left at the last candidate's start."""
+    scores = {}
+    for init in candidates:
+        _start_adapter(model, task, init)
+        scores[init] = leave_one_out_accuracy(*(t.cpu() for t in _support_features(model, task, indices, pad_id, device)))
+    return max(candidates, key=lambda c: (scores[c], -candidates.index(c))), scores
+
+
+def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, candidates: tuple[str, ...],
+                   seed: int, settings: AdaptSettings, encoder_state: dict[str, torch.Tensor] | None,
                    index: ClassIndex) -> SeedResult:
     """Adapt ``model`` (in place: a new adapter group and head named after the task) and score."""
     device = next(model.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
     torch.manual_seed(seed)
     indices, per_class = support_set(task.labels, index, settings.shots, seed)
+    init, selection = candidates[0], {}
     if init == "full":
         model.encoder.load_state_dict(encoder_state)  # every seed starts from the same encoder
         model.encoder.requires_grad_(True)
         info = TaskHeadInfo(**{**asdict(info), "adapter": None})
+        model.add_task(info)
     else:
         model.encoder.requires_grad_(False)
-        model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
         info = TaskHeadInfo(**{**asdict(info), "adapter": task.name})
-    model.add_task(info)
+        if len(candidates) > 1:
+            _start_adapter(model, task, init)
+            model.add_task(info)
+            model.heads[task.name].to(device)
+            init, selection = choose_init(model, task, candidates, indices, pad_id, device)
+            torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
+        _start_adapter(model, task, init)
+        model.add_task(info)
     model.heads[task.name].to(device)
-    init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
+    init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device)[:2])
 
     groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
     if init == "full":
@@ -148,7 +186,7 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
-    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text)
+    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection)
 
 
 @dataclass
@@ -170,8 +208,17 @@ class AdaptSummary:
 
     def headline(self) -> str:
         m = self.metric
-        return (f"{self.task}, {self.shots}-shot, init {self.init}: {m} {100 * self.mean[m]:.2f} ± "
+        return (f"{self.task}, {self.shots}-shot, init {self.init}{self.choices()}: {m} {100 * self.mean[m]:.2f} ± "
                 f"{100 * self.std[m]:.2f} over {len(self.seeds)} seeds")
+
+    def choices(self) -> str:
+        """' (meta 3, fresh 2)' for init 'auto': what the seeds chose."""
+        if self.init != "auto":
+            return ""
+        counts: dict[str, int] = {}
+        for s in self.seeds:
+            counts[s.init] = counts.get(s.init, 0) + 1
+        return " (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
 
 
 def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSettings, source: str = "",
@@ -182,7 +229,8 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     if "test" not in task.encoded:
         raise UserError(f"{task.spec.source}: few-shot adaptation is scored on the test split; the spec has none.")
     model = prepare_model(model)
-    init = resolve_init(model, settings.init)
+    candidates = resolve_init(model, settings.init)
+    init = "auto" if len(candidates) > 1 else candidates[0]
     if task.name in model.tasks or task.name in model.adapters:
         raise UserError(f"task '{task.name}' is already in {source or 'this model'}; adapt is for a new task "
                         "(give the spec another name).")
@@ -195,7 +243,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     results = []
     try:
         for seed in tqdm(settings.seeds, desc=f"adapting {task.name} ({settings.shots}-shot, {init})", disable=quiet):
-            result = adapt_one_seed(model, task, info, init, seed, settings, encoder_state, index)
+            result = adapt_one_seed(model, task, info, candidates, seed, settings, encoder_state, index)
             results.append(result)
             if on_seed is not None:
                 on_seed(result)
