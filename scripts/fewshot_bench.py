@@ -11,8 +11,8 @@ from each of:
   (b) mtl     the shared adapter from (1)
   (c) meta    the meta-learned initialisation from (2)
   (d) full    full fine-tuning of the encoder (no adapter)
-  (e) auto    `adapt`'s default: per seed, (c) or (a), whichever one's support features separate
-              the new classes better (leave-one-out nearest prototype on the support set)
+  (e) auto    `adapt`'s default: per seed, (c) or (a), whichever adapts better in 2-fold
+              cross-validation on the support set
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
 rate) is the same for (a)-(c). Scores: entity F1 for IOB tagging (chunking), macro F1 otherwise
 (POS tags, question types). The table goes to stdout and --out (JSON).

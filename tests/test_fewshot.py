@@ -422,25 +422,20 @@ def test_masked_words_config_errors_name_the_field():
         from_mapping(MetaConfig, {"masked_words": 0.5, "masked_word_levels": ["paragraph"]}, "meta")
 
 
-def test_leave_one_out_accuracy_scores_how_well_features_separate_the_classes():
-    from nlp_mtl.fewshot.prototypes import leave_one_out_accuracy
+def test_support_halves_split_every_class_evenly_and_cover_the_support_set():
+    from types import SimpleNamespace
 
-    gen = torch.Generator().manual_seed(0)
-    labels = torch.arange(3).repeat_interleave(6)
-    centres = torch.eye(3) * 10
-    separated = centres[labels] + torch.randn(18, 3, generator=gen)
-    assert leave_one_out_accuracy(separated, labels, torch.arange(18)) == 1.0
-    noise = torch.randn(18, 3, generator=gen)
-    assert leave_one_out_accuracy(noise, labels, torch.arange(18)) < 0.7
-    # Balanced: a class of one row among many is worth as much as the big one.
-    labels = torch.tensor([0] * 9 + [1])
-    features = torch.cat([torch.zeros(9, 2), torch.ones(1, 2)]) + 0.01 * torch.randn(10, 2, generator=gen)
-    # The lone class-1 row, held out, leaves class 1 with no prototype: it cannot be right.
-    assert leave_one_out_accuracy(features, labels, torch.arange(10)) == pytest.approx(0.5)
-    # Rows of one group (a sentence) are held out together: here each sentence holds one whole
-    # class, so none can be predicted.
-    labels, groups = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])
-    assert leave_one_out_accuracy(torch.eye(4), labels, groups) == 0.0
+    from nlp_mtl.fewshot.adapt import support_halves
+
+    index, labels = _sequence_index()
+    indices, _ = support_set(["a", "b", "c", "d"], index, 4, seed=3)
+    task = SimpleNamespace(encoded={"train": EncodedSplit(Ragged.from_lists([[1, 2]] * len(labels)), labels)})
+    first, second = support_halves(task, indices, seed=3)
+    assert sorted(first + second) == sorted(indices) and not set(first) & set(second)
+    for half in (first, second):
+        assert Counter(int(labels[i]) for i in half) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert support_halves(task, indices, seed=3) == (first, second)
+    assert support_halves(task, indices, seed=4) != (first, second)
 
 
 def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_bert, data_dir, monkeypatch):
@@ -454,18 +449,18 @@ def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_be
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     spec = data_dir / "specs" / "toy_sent.yaml"
 
-    kept = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)  # 20 steps barely move it: a tie, kept
+    kept = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)  # 20 steps barely move it: ties, kept
     assert kept.init == "auto" and [s.init for s in kept.seeds] == ["toy_ner", "toy_ner"], [s.selection for s in kept.seeds]
     assert all(set(s.selection) == {"toy_ner", "fresh"} for s in kept.seeds)
     alone = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="toy_ner")
     assert [s.metrics for s in kept.seeds] == [s.metrics for s in alone.seeds]
 
-    # Where the fresh adapter's support features score higher, it is chosen, and it trains as
-    # init 'fresh' alone would.
+    # Where the fresh adapter cross-validates better, it is chosen, and it trains as init
+    # 'fresh' alone would.
     import nlp_mtl.fewshot.adapt as adapt_module
 
-    scores = iter([0.4, 0.9] * 2)  # candidates in order: the trained group, then fresh
-    monkeypatch.setattr(adapt_module, "leave_one_out_accuracy", lambda *a: next(scores))
+    scores = iter([0.4, 0.4, 0.9, 0.9] * 2)  # per seed: the trained group's two folds, then fresh's
+    monkeypatch.setattr(adapt_module, "_support_score", lambda *a: next(scores))
     fell_back = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)
     assert [s.init for s in fell_back.seeds] == ["fresh", "fresh"]
     assert fell_back.seeds[0].selection == {"toy_ner": 0.4, "fresh": 0.9} and "(fresh 2)" in fell_back.headline()

@@ -39,6 +39,9 @@ class Ragged:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def take(self, indices: Sequence[int]) -> Ragged:
+        return Ragged.from_lists([self[i] for i in indices], dtype=self.flat.dtype)
+
     def pad(self, indices: Sequence[int], width: int, value: int) -> np.ndarray:
         out = np.full((len(indices), width), value, dtype=np.int64)
         for row, i in enumerate(indices):
@@ -65,6 +68,14 @@ class EncodedSplit:
     def lengths(self) -> np.ndarray:
         # Read by every collate call: computed once, not per batch.
         return self.input_ids.lengths()
+
+    def take(self, indices: Sequence[int]) -> EncodedSplit:
+        """The examples at ``indices``, in that order, as a split of their own."""
+        def part(x: Ragged | np.ndarray | None) -> Ragged | np.ndarray | None:
+            return x if x is None else x.take(indices) if isinstance(x, Ragged) else np.asarray(x)[list(indices)]
+
+        return EncodedSplit(part(self.input_ids), part(self.labels), part(self.token_type_ids), part(self.word_index),
+                            truncated=0, extra=dict(self.extra))
 
 
 def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:

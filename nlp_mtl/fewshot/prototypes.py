@@ -56,24 +56,3 @@ def init_head_from_prototypes(head: Head, features: torch.Tensor, labels: torch.
     head.classifier.weight.copy_(weight)
     head.classifier.bias.copy_(bias)
 
-
-def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> float:
-    """Balanced accuracy of the nearest-prototype classifier on the support set itself, each
-    group (an example, or a sentence for token tasks) scored against prototypes built without
-    it. It asks how well a feature space separates the new classes before any training, which
-    is what decides whether an adapter initialisation helps a task (``adapt --init auto``)."""
-    features = features.float()
-    num_labels = int(labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(labels, num_labels).to(features.dtype)
-    sums, counts = onehot.t() @ features, onehot.sum(0)
-    hits = torch.zeros(num_labels)
-    for g in groups.unique():
-        rows = groups == g
-        left_sums = sums - onehot[rows].t() @ features[rows]
-        left_counts = counts - onehot[rows].sum(0)
-        prototypes = left_sums / left_counts.clamp(min=1).unsqueeze(1)
-        distances = torch.cdist(features[rows], prototypes)
-        distances[:, left_counts == 0] = float("inf")  # a class seen only in this group cannot be predicted
-        predicted = distances.argmin(1)
-        hits += torch.nn.functional.one_hot(labels[rows][predicted == labels[rows]], num_labels).sum(0).float()
-    return float((hits / counts.clamp(min=1))[counts > 0].mean())
