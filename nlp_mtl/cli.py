@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (1..N), each a new sample")
     p.add_argument("--init", default="auto",
                    help="auto, meta, fresh, full, or an adapter group of the run. auto (default): per seed, "
-                        "the run's meta adapter (else its only group) or a fresh adapter, whichever separates "
-                        "the support set's classes better (leave-one-out nearest prototype)")
+                        "the run's meta adapter (else its only group) or a fresh adapter, whichever scores better "
+                        "in 2-fold cross-validation on the support set")
     p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
     p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")
     p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")

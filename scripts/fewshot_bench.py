@@ -14,7 +14,7 @@ from each of:
   (e) auto    `adapt`'s default: per seed, (c) or (a), whichever adapts better in 2-fold
               cross-validation on the support set
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
-rate) is the same for (a)-(c). Scores: entity F1 for IOB tagging (chunking), macro F1 otherwise
+rate) is the same for (a)-(c) and (e). Scores: entity F1 for IOB tagging (chunking), macro F1 otherwise
 (POS tags, question types). The table goes to stdout and --out (JSON).
 
     python scripts/fewshot_bench.py --split ner_trec_sst2 --out docs/fewshot-ner_trec_sst2.json

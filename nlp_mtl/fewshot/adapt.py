@@ -119,8 +119,10 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
 
 
 def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, device: torch.device) -> None:
-    """A new adapter group for the task (fresh, or a copy of ``init``) and a new head."""
-    model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+    """A new head for the task and, unless ``init`` is 'full', a new adapter group (fresh, or a
+    copy of ``init``)."""
+    if init != "full":
+        model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
     model.add_task(info)
     model.heads[task.name].to(device)
 
@@ -210,15 +212,13 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
         model.encoder.load_state_dict(encoder_state)  # every seed starts from the same encoder
         model.encoder.requires_grad_(True)
         info = TaskHeadInfo(**{**asdict(info), "adapter": None})
-        model.add_task(info)
-        model.heads[task.name].to(device)
     else:
         model.encoder.requires_grad_(False)
         info = TaskHeadInfo(**{**asdict(info), "adapter": task.name})
         if len(candidates) > 1:
             init, selection = choose_init(model, task, info, candidates, indices, seed, settings, pad_id, device)
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
-        _start(model, task, info, init, device)
+    _start(model, task, info, init, device)
     steps = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
     return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection)

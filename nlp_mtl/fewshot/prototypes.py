@@ -55,4 +55,3 @@ def init_head_from_prototypes(head: Head, features: torch.Tensor, labels: torch.
     weight, bias = prototype_weights(features, labels, head.classifier.out_features)
     head.classifier.weight.copy_(weight)
     head.classifier.bias.copy_(bias)
-
