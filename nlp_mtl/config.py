@@ -172,6 +172,13 @@ class DataConfig:
     root: str | None = None
     # Take only the first N examples of a split (train/validation/test): quick runs and tests.
     limit: dict[str, int] = field(default_factory=dict)
+    # memory: splits are read and tokenised into RAM (a few bytes per token; fine to millions of
+    # sentences). disk: train splits stream from their files into a tokenised, memory-mapped
+    # cache that later runs reuse, so memory does not grow with the data.
+    storage: Literal["memory", "disk"] = "memory"
+    # Where storage 'disk' keeps tokenised splits. Default: $XDG_CACHE_HOME/nlp_mtl/encoded
+    # (~/.cache/nlp_mtl/encoded); relative paths resolve against the config file's folder.
+    cache_dir: str | None = None
 
     def validate(self, where: str) -> None:
         for split, n in self.limit.items():
@@ -454,6 +461,16 @@ def data_root(config: ExperimentConfig) -> Path:
     return default_data_root(config.source)
 
 
+def cache_dir(config: ExperimentConfig) -> Path | None:
+    """Where data.storage 'disk' keeps tokenised splits; None: the default user cache."""
+    if not config.data.cache_dir:
+        return None
+    path = Path(config.data.cache_dir).expanduser()
+    if not path.is_absolute() and config.source:
+        path = Path(config.source).parent / path
+    return path.resolve()
+
+
 __all__ = [
     "AdapterConfig",
     "BackboneConfig",
@@ -466,6 +483,7 @@ __all__ = [
     "TaskSpec",
     "TrainingConfig",
     "apply_overrides",
+    "cache_dir",
     "data_root",
     "load_experiment",
     "load_task_spec",

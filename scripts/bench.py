@@ -2,7 +2,7 @@
 """Speed and memory of nlp-mtl against the Hugging Face Trainer, as ratios from ONE run.
 
     python scripts/bench.py                 # everything, ~10 min on 2 cores
-    python scripts/bench.py --quick         # fewer steps and a 250k-example scale test
+    python scripts/bench.py --quick         # fewer steps; scale test at 50k and 250k sentences
     python scripts/bench.py --device cuda --steps 200 --phases training adapters inference memory
 
 Every phase runs back to back in this process (memory phases in child processes, so that each
@@ -15,10 +15,12 @@ batch size and seed:
    (6 x non-embedding parameters x real tokens / s) as a fraction of the matmul peak;
 3. inference: one encoder pass serving an NER and a classification head vs two models;
 4. peak resident memory of training with 1, 2 and 3 tasks, and its growth per task;
-5. preprocessing synthetic sentence-classification data at two sizes: time and peak memory.
+5. data at scale: a synthetic NER task of 100k and 1M sentences read, checked and tokenised with
+   data.storage memory and disk (time, peak memory over the process baseline), then trained for
+   a few steps from the memory-mapped disk cache at both sizes.
 
 `--device cuda` runs phases 1-4 on the GPU instead (the Trainer too), adds bf16 rows for both
-trainers, and reports peak GPU memory next to resident memory; preprocessing stays on the CPU.
+trainers, and reports peak GPU memory next to resident memory; the scale phase stays on the CPU.
 """
 
 from __future__ import annotations
@@ -259,32 +261,75 @@ def memory_child(tasks: list[str], examples: int) -> None:
     print(json.dumps({"peak_mib": rss_mib(), "gpu_peak_mib": gpu}))
 
 
-# ---- 5. preprocessing at scale (child processes) -------------------------------------------
+# ---- 5. data at scale (child processes) -----------------------------------------------------
 
-def scale_child(examples: int) -> None:
+SCALE_WORDS = ("the a met in visited saw went to and from today with said after before was new "
+               "old group talks market shares rose fell percent year week").split()
+SCALE_NAMES = "alice bob carol dave erin frank paris berlin rome madrid oslo vienna reuters".split()
+
+
+def write_synthetic_ner(directory: Path, examples: int, seed: int = SEED) -> Path:
+    """A CoNLL NER task of ``examples`` synthetic sentences (5-25 words), and its spec file."""
     import random
 
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, n: int) -> None:
+        with (directory / name).open("w") as f:
+            for _ in range(n):
+                for _ in range(rng.randint(5, 25)):
+                    if rng.random() < 0.15:
+                        f.write(f"{rng.choice(SCALE_NAMES)} NNP B-NP B-{rng.choice(('PER', 'LOC', 'ORG'))}\n")
+                    else:
+                        f.write(f"{rng.choice(SCALE_WORDS)} NN I-NP O\n")
+                f.write("\n")
+
+    write("train.txt", examples)
+    write("test.txt", 500)
+    spec = directory / "synthetic_ner.yaml"
+    spec.write_text("name: synthetic_ner\ntype: token_classification\nmax_length: 64\n"
+                    "data: {format: conll, train: train.txt, validation: {from_train: 0.001, seed: 1}, "
+                    "test: test.txt, columns: {tokens: 0, tags: 3}}\n")
+    return spec
+
+
+def scale_child(spec_path: str, storage: str, cache: str) -> None:
+    """Read, check and tokenise one synthetic task; time and peak memory over this process's baseline."""
     from nlp_mtl.backbone import load_tokenizer, resolve_backbone
-    from nlp_mtl.config import DataSpec, TaskSpec
+    from nlp_mtl.config import load_task_spec
     from nlp_mtl.data.pipeline import encode_all, load_all
 
     tokenizer = load_tokenizer(resolve_backbone("embedded"))
-    rng = random.Random(SEED)
-    words = "the a movie film great awful plot actor story scene boring brilliant long short very not".split()
+    spec = load_task_spec(Path(spec_path))
+    baseline = rss_mib()
+    start = time.perf_counter()
+    (task,) = encode_all(load_all([spec], Path(spec_path).parent, storage=storage), tokenizer, quiet=True,
+                         cache_dir=Path(cache))
+    seconds = time.perf_counter() - start
+    train = task.encoded["train"]
+    print(json.dumps({"seconds": seconds, "examples": len(train), "tokens": int(train.lengths.sum()),
+                      "baseline_mib": baseline, "peak_over_baseline_mib": rss_mib() - baseline}))
+
+
+def scale_train_child(spec_path: str, cache: str, steps: int) -> None:
+    """Train from the disk cache (tokenised already by scale_child): peak memory over the baseline."""
+    from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
+    from nlp_mtl.run_dir import RunDir
+    from nlp_mtl.training import train
+
+    config = ExperimentConfig(
+        name="scale", tasks=[TaskEntry(spec=spec_path)],
+        data=DataConfig(storage="disk", cache_dir=cache, limit={"validation": 200, "test": 200}),
+        training=TrainingConfig(batch_size=32, steps=steps, evaluations=1, log_every=steps, checkpoint_every=0,
+                                log_with="none", seed=SEED),
+    )
+    baseline = rss_mib()
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "train.jsonl"
-        with path.open("w") as f:
-            for _ in range(examples):
-                text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
-                f.write(json.dumps({"text": text, "label": rng.choice(["pos", "neg"])}) + "\n")
-        spec = TaskSpec(name="synthetic", type="sequence_classification", max_length=64,
-                        data=DataSpec(format="jsonl", train=str(path)), source=str(path))
-        baseline = rss_mib()
-        start = time.perf_counter()
-        tasks = encode_all(load_all([spec], Path(tmp)), tokenizer, quiet=True)
-        seconds = time.perf_counter() - start
-    assert len(tasks[0].encoded["train"]) == examples
-    print(json.dumps({"seconds": seconds, "peak_over_baseline_mib": rss_mib() - baseline}))
+        train(config, RunDir(Path(tmp) / "run"), quiet=True)
+    print(json.dumps({"seconds": time.perf_counter() - start, "baseline_mib": baseline,
+                      "peak_over_baseline_mib": rss_mib() - baseline}))
 
 
 def child(kind: str, *args: str) -> dict:
@@ -297,12 +342,12 @@ def child(kind: str, *args: str) -> dict:
 
 # ---- main ---------------------------------------------------------------------------------
 
-PHASES = ["training", "adapters", "inference", "memory", "preprocessing"]
+PHASES = ["training", "adapters", "inference", "memory", "scale"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps; scale test at 250k examples only")
+    parser.add_argument("--quick", action="store_true", help="fewer steps; scale test at 50k and 250k sentences")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--examples", type=int, default=4000, help="CoNLL-2003 training sentences to train on")
     parser.add_argument("--json", help="also write all numbers to this JSON file")
@@ -312,12 +357,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed training steps (default 40, 15 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps (default 10, 5 with --quick)")
     parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--child-scale", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-scale", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-scale-train", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
         return memory_child(args.child_memory, args.examples)
     if args.child_scale:
-        return scale_child(args.child_scale)
+        return scale_child(*args.child_scale)
+    if args.child_scale_train:
+        return scale_train_child(args.child_scale_train[0], args.child_scale_train[1], int(args.child_scale_train[2]))
 
     device = args.device
     if device == "cpu":
@@ -380,8 +428,8 @@ def main() -> None:
         inference_phase(rows, out, device)
     if "memory" in args.phases:
         memory_phase(out)
-    if "preprocessing" in args.phases:
-        preprocessing_phase(out, args.quick)
+    if "scale" in args.phases:
+        scale_phase(out, args.quick)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
 
@@ -434,16 +482,29 @@ def memory_phase(out: dict) -> None:
               f"its head{', adapter' if kind == 'adapters' else ''} and its tokenised data)", flush=True)
 
 
-def preprocessing_phase(out: dict, quick: bool) -> None:
-    sizes = (100_000, 250_000) if quick else (250_000, 1_000_000)
-    scale = {n: child("scale", str(n)) for n in sizes}
-    out["preprocessing"] = scale
-    small, large = scale[sizes[0]], scale[sizes[1]]
-    print("\n5. preprocessing (read + validate + tokenise) synthetic sentences:")
-    for n, row in scale.items():
-        print(f"   {n:>9,} examples: {row['seconds']:.1f} s ({n / row['seconds']:,.0f}/s), peak "
-              f"{row['peak_over_baseline_mib']:.0f} MiB over the process baseline")
-    print(f"   time ratio {large['seconds'] / small['seconds']:.2f} for {sizes[1] / sizes[0]:.0f}x the data")
+def scale_phase(out: dict, quick: bool) -> None:
+    sizes = (50_000, 250_000) if quick else (100_000, 1_000_000)
+    steps = 30
+    results: dict = {"task": "synthetic CoNLL NER, 5-25 words a sentence, max_length 64", "sizes": list(sizes)}
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = {n: write_synthetic_ner(Path(tmp) / f"n{n}", n) for n in sizes}
+        cache = str(Path(tmp) / "cache")
+        print(f"\n5. data at scale: {results['task']}", flush=True)
+        for storage in ("memory", "disk"):
+            for n in sizes:
+                row = results[f"preprocess_{storage}_{n}"] = child("scale", str(specs[n]), storage, cache)
+                print(f"   preprocess, storage {storage:6}: {n:>9,} sentences ({row['tokens']:,} sub-tokens) in "
+                      f"{row['seconds']:.1f} s ({n / row['seconds']:,.0f}/s); peak {row['peak_over_baseline_mib']:.0f} "
+                      f"MiB over the process baseline ({row['baseline_mib']:.0f} MiB)", flush=True)
+            small, large = results[f"preprocess_{storage}_{sizes[0]}"], results[f"preprocess_{storage}_{sizes[1]}"]
+            results[f"time_ratio_{storage}"] = large["seconds"] / small["seconds"]
+            print(f"   storage {storage}: {results[f'time_ratio_{storage}']:.2f}x the time for "
+                  f"{sizes[1] / sizes[0]:.0f}x the data", flush=True)
+        for n in sizes:
+            row = results[f"train_disk_{n}"] = child("scale-train", str(specs[n]), cache, str(steps))
+            print(f"   train {steps} steps from the disk cache, {n:>9,} sentences: peak "
+                  f"{row['peak_over_baseline_mib']:.0f} MiB over the baseline ({row['seconds']:.1f} s)", flush=True)
+    out["scale"] = results
 
 
 if __name__ == "__main__":

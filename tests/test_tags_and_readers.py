@@ -22,11 +22,11 @@ def test_bioes_to_iob2():
 def test_conll_handles_docstart_blank_lines_and_columns(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\n")
-    rows = read_conll(f, DataSpec(format="conll", train="a.txt", columns={"tokens": 0, "tags": 3}), TOKENS)
+    rows = list(read_conll(f, DataSpec(format="conll", train="a.txt", columns={"tokens": 0, "tags": 3}), TOKENS))
     assert [r["tokens"] for r in rows] == [["EU", "rejects"], ["Peter"]]
     assert [r["tags"] for r in rows] == [["B-ORG", "O"], ["B-PER"]]
     assert rows[0]["line"] == 3
-    pos = read_conll(f, DataSpec(format="conll", train="a.txt", columns={"tokens": 0, "tags": 1}), TOKENS)
+    pos = list(read_conll(f, DataSpec(format="conll", train="a.txt", columns={"tokens": 0, "tags": 1}), TOKENS))
     assert pos[0]["tags"] == ["NNP", "VBZ"]
 
 
@@ -34,25 +34,25 @@ def test_conll_ragged_row_names_the_line(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("EU NNP B-NP B-ORG\nrejects B-VP O\n")
     with pytest.raises(DataError, match=r"a.txt:2: ragged row: 3 columns where earlier rows have 4"):
-        read_conll(f, DataSpec(format="conll", train="a.txt"), TOKENS)
+        list(read_conll(f, DataSpec(format="conll", train="a.txt"), TOKENS))
 
 
 def test_jsonl_tokens_and_tags_must_match(tmp_path):
     f = tmp_path / "a.jsonl"
     f.write_text('{"tokens": ["a", "b"], "tags": ["O", "O"]}\n{"tokens": ["a"], "tags": ["O", "O"]}\n')
     with pytest.raises(DataError, match=r"a.jsonl:2: 1 tokens but 2 tags"):
-        read_jsonl(f, DataSpec(format="jsonl", train="a.jsonl"), TOKENS)
+        list(read_jsonl(f, DataSpec(format="jsonl", train="a.jsonl"), TOKENS))
 
 
 def test_csv_with_and_without_header(tmp_path):
     f = tmp_path / "h.csv"
     f.write_text('text,label\n"hello, world",pos\n')
-    rows = read_csv(f, DataSpec(format="csv", train="h.csv"), SEQ)
+    rows = list(read_csv(f, DataSpec(format="csv", train="h.csv"), SEQ))
     assert rows[0]["text"] == "hello, world" and rows[0]["label"] == "pos"
     g = tmp_path / "n.tsv"
     g.write_text("pos\tfirst\tsecond\n")
     spec = DataSpec(format="tsv", train="n.tsv", header=False, columns={"label": 0, "text": 1, "text_pair": 2})
-    rows = read_tsv(g, spec, SEQ)
+    rows = list(read_tsv(g, spec, SEQ))
     assert rows[0] == {"text": "first", "text_pair": "second", "label": "pos", "line": 1}
 
 
@@ -60,14 +60,14 @@ def test_csv_missing_column_is_named(tmp_path):
     f = tmp_path / "h.csv"
     f.write_text("sentence,label\nhi,pos\n")
     with pytest.raises(DataError, match=r"h.csv:1: header has no column 'text'"):
-        read_csv(f, DataSpec(format="csv", train="h.csv"), SEQ)
+        list(read_csv(f, DataSpec(format="csv", train="h.csv"), SEQ))
 
 
 def test_regex_reads_label_prefixed_lines(tmp_path):
     f = tmp_path / "trec.label"
     f.write_bytes("DESC:manner How did serfdom develop ?\nHUM:ind Who killed Gandhi \xe9 ?\n".encode("latin-1"))
     spec = DataSpec(format="regex", train="trec.label", encoding="latin-1", pattern=r"^(?P<label>[A-Z]+):\S+ (?P<text>.+)$")
-    rows = read_regex(f, spec, SEQ)
+    rows = list(read_regex(f, spec, SEQ))
     assert [(r["label"], r["text"]) for r in rows] == [("DESC", "How did serfdom develop ?"), ("HUM", "Who killed Gandhi é ?")]
 
 
@@ -76,7 +76,7 @@ def test_wrong_encoding_names_line_and_fix(tmp_path):
     f.write_bytes(b"DESC:def what ?\nHUM:ind caf\xe9 ?\n")
     spec = DataSpec(format="regex", train="trec.label", pattern=r"^(?P<label>\S+) (?P<text>.+)$")
     with pytest.raises(DataError, match=r"trec.label:2: cannot decode byte 0xe9 as utf-8; set data.encoding"):
-        read_regex(f, spec, SEQ)
+        list(read_regex(f, spec, SEQ))
 
 
 def _spec(tmp_path, **data):

@@ -6,12 +6,15 @@ Output is plain columns (``TaskData``); tokenisation happens later in ``encoding
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from ..config import CarvedSplit, TaskSpec
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import READERS, TASK_TYPES
 from .readers import Roles, Row, read_hub
 from .tags import check_tag, to_iob2
@@ -23,7 +26,8 @@ SPLITS = ("train", "validation", "test")
 class TaskData:
     spec: TaskSpec
     labels: list[str]
-    splits: dict[str, list[Row]] = field(default_factory=dict)
+    # The train split is a StreamedRows under data.storage 'disk'; everything else is a list.
+    splits: dict[str, Any] = field(default_factory=dict)
     # Where each split came from, for messages and `tasks validate`.
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -63,9 +67,14 @@ def _read_split(spec: TaskSpec, roles: Roles, split: str, root: Path) -> tuple[l
     if relative is None or isinstance(relative, CarvedSplit):
         return [], ""
     path = resolve_data_path(spec, relative, root)
+    return list(file_rows(spec, roles, path)), str(path)
+
+
+def file_rows(spec: TaskSpec, roles: Roles, path: Path) -> Iterator[Row]:
+    """The rows of one data file, streamed by the spec's reader."""
     reader = READERS.get(spec.data.format, f"{spec.source}: data.format")
     try:
-        return reader(path, spec.data, roles), str(path)
+        yield from reader(path, spec.data, roles)
     except DataError:
         raise
     except Exception as err:  # a config mistake raised inside a reader: add the spec file
@@ -74,11 +83,15 @@ def _read_split(spec: TaskSpec, roles: Roles, split: str, root: Path) -> tuple[l
         raise
 
 
-def _carve(rows: list[Row], carve: CarvedSplit) -> tuple[list[Row], list[Row]]:
-    order = list(range(len(rows)))
+def _held_out(n_rows: int, carve: CarvedSplit) -> set[int]:
+    """Indices of the train rows that form a carved validation split."""
+    order = list(range(n_rows))
     random.Random(carve.seed).shuffle(order)
-    n_valid = max(1, round(len(rows) * carve.from_train))
-    held = set(order[:n_valid])
+    return set(order[: max(1, round(n_rows * carve.from_train))])
+
+
+def _carve(rows: list[Row], carve: CarvedSplit) -> tuple[list[Row], list[Row]]:
+    held = _held_out(len(rows), carve)
     train = [r for i, r in enumerate(rows) if i not in held]
     valid = [r for i, r in enumerate(rows) if i in held]
     return train, valid
@@ -89,45 +102,152 @@ def _line(spec: TaskSpec, row: Row, token_index: int = 0) -> int:
     return row["line"] + token_index if spec.data.format == "conll" else row["line"]
 
 
+def _normalise_row(spec: TaskSpec, row: Row, roles: Roles, source: str) -> Row:
+    if roles.token_level:
+        for i, tag in enumerate(row["tags"]):
+            problem = check_tag(tag, spec.data.tag_scheme)
+            if problem:
+                raise DataError(f"{source}:{_line(spec, row, i)}: {problem} (data.tag_scheme: {spec.data.tag_scheme}).")
+        row["tags"] = to_iob2(row["tags"], spec.data.tag_scheme)
+    elif spec.data.label_map:
+        label_map = spec.data.label_map
+        if row["label"] not in label_map:
+            raise DataError(f"{source}:{row['line']}: label '{row['label']}' is not in data.label_map ({', '.join(label_map)}).")
+        row["label"] = label_map[row["label"]]
+    return row
+
+
 def _normalise_labels(spec: TaskSpec, rows: list[Row], roles: Roles, source: str) -> None:
-    label_map = spec.data.label_map
     for row in rows:
-        if roles.token_level:
-            for i, tag in enumerate(row["tags"]):
-                problem = check_tag(tag, spec.data.tag_scheme)
-                if problem:
-                    raise DataError(f"{source}:{_line(spec, row, i)}: {problem} (data.tag_scheme: {spec.data.tag_scheme}).")
-            row["tags"] = to_iob2(row["tags"], spec.data.tag_scheme)
-        elif label_map:
-            if row["label"] not in label_map:
-                raise DataError(f"{source}:{row['line']}: label '{row['label']}' is not in data.label_map ({', '.join(label_map)}).")
-            row["label"] = label_map[row["label"]]
+        _normalise_row(spec, row, roles, source)
 
 
-def _labels_of(rows: list[Row], token_level: bool) -> list[str]:
+def _row_labels(row: Row, token_level: bool) -> list[str]:
+    return row["tags"] if token_level else [row["label"]]
+
+
+@dataclass
+class StreamedRows:
+    """A train split that stays in its file (``data.storage: disk``): each pass reads it again.
+
+    Rows come out normalised like an in-memory split's; ``held`` (a carved validation split) is
+    skipped and ``limit`` caps the count. ``len()`` is known from the checking pass, and a slice
+    (``rows[:100]``) reads just that far, so code that peeks at a split works unchanged.
+    """
+
+    spec: TaskSpec
+    roles: Roles
+    path: Path
+    count: int = 0
+    held: frozenset[int] = frozenset()
+    limit: int | None = None
+    # Every role some row of the file has (an optional one such as text_pair may be in few).
+    roles_seen: frozenset[str] = frozenset()
+
+    def all_rows(self) -> Iterator[Row]:
+        """Every row of the file, carved-out ones included, normalised."""
+        for row in file_rows(self.spec, self.roles, self.path):
+            yield _normalise_row(self.spec, row, self.roles, str(self.path))
+
+    def __iter__(self) -> Iterator[Row]:
+        kept = (row for i, row in enumerate(self.all_rows()) if i not in self.held)
+        return islice(kept, self.limit)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: slice) -> list[Row]:
+        if not isinstance(index, slice):
+            raise TypeError("a streamed split is read in order; take a slice, e.g. rows[:100]")
+        return list(islice(self, index.start, index.stop, index.step))
+
+    def identity(self) -> dict[str, Any]:
+        """What the file is, for cache keys: a changed file is a different split."""
+        stat = self.path.stat()
+        return {"path": str(self.path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "held": len(self.held), "limit": self.limit}
+
+
+def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None) -> tuple[StreamedRows, list[Row], Counter, str]:
+    """One checking pass over the train file (two with a carved validation split), nothing kept but counts."""
+    if spec.data.format == "hub":
+        raise ConfigError(f"{spec.source}: data.storage 'disk' streams data files, and this task reads a Hugging Face "
+                          "dataset (data.format: hub), which is memory-mapped Arrow already; use storage 'memory'.")
+    if spec.data.train is None:
+        raise DataError(f"{spec.source}: data.train: a task needs a train split.")
+    stream = StreamedRows(spec, roles, resolve_data_path(spec, spec.data.train, root), limit=limit)
+    source = str(stream.path)
+    counts: Counter = Counter()
+    allowed = set(spec.labels) if spec.labels is not None else None
+    n_rows, seen = 0, set()
+    for n_rows, row in enumerate(stream.all_rows(), 1):
+        seen.update(row)
+        values = _row_labels(row, roles.token_level)
+        counts.update(values)
+        if allowed is not None:
+            _check_allowed(spec, row, values, allowed, list(spec.labels or []), source, "the labels declared in the spec")
+    stream.roles_seen = frozenset(seen & set(roles.all))
+    validation: list[Row] = []
+    if isinstance(spec.data.validation, CarvedSplit) and n_rows:
+        stream.held = frozenset(_held_out(n_rows, spec.data.validation))
+        for i, row in enumerate(stream.all_rows()):
+            if i in stream.held:
+                validation.append(row)
+                counts.subtract(_row_labels(row, roles.token_level))
+        counts = +counts  # a label seen only in the carved rows is not a train label
+    stream.count = min(n_rows - len(stream.held), limit if limit is not None else n_rows)
+    return stream, validation, counts, source
+
+
+def _labels_of(rows: Iterable[Row], token_level: bool) -> set[str]:
     seen: set[str] = set()
     for row in rows:
-        if token_level:
-            seen.update(row["tags"])
-        else:
-            seen.add(row["label"])
-    return sorted(seen)
+        seen.update(_row_labels(row, token_level))
+    return seen
 
 
-def infer_labels(rows: list[Row], token_level: bool, scheme: str = "iob2") -> list[str]:
+def infer_labels(rows: Iterable[Row], token_level: bool, scheme: str = "iob2") -> list[str]:
     """Stable label order: independent of file order. IOB tags: 'O' first, then by type, B before I."""
-    labels = _labels_of(rows, token_level)
+    return order_labels(_labels_of(rows, token_level), token_level, scheme)
+
+
+def order_labels(labels: Iterable[str], token_level: bool, scheme: str = "iob2") -> list[str]:
     if token_level and scheme != "none":
         return sorted(labels, key=lambda t: (t != "O", t[2:], t[:1]))
-    return labels
+    return sorted(labels)
 
 
-def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = None) -> TaskData:
+def _check_allowed(spec: TaskSpec, row: Row, values: list[str], allowed: set[str], labels: list[str],
+                   source: str, origin: str) -> None:
+    for i, value in enumerate(values):
+        if value not in allowed:
+            raise DataError(
+                f"{source}:{_line(spec, row, i)}: label '{value}' never appears in {origin}; "
+                f"known labels: {', '.join(labels)}. Declare it under 'labels:' in {spec.source} "
+                "if it is real, or fix the data."
+            )
+
+
+def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = None,
+                   stream_train: bool = False) -> TaskData:
+    """Read and check a task's splits. ``stream_train``: the train split stays in its file (StreamedRows)."""
     task_type = TASK_TYPES.get(spec.type, f"{spec.source}: type")
     roles: Roles = task_type.roles
-    splits: dict[str, list[Row]] = {}
+    limit = limit or {}
+    splits: dict[str, list[Row] | StreamedRows] = {}
     sources: dict[str, str] = {}
+    train_counts: Counter | None = None
+    normalised: set[str] = set()  # streamed rows are normalised as they are read
     for split in SPLITS:
+        if split == "train" and stream_train:
+            splits["train"], carved, train_counts, sources["train"] = _stream_train(spec, roles, root, limit.get("train"))
+            normalised.add("train")
+            if carved:
+                splits["validation"] = carved
+                normalised.add("validation")
+            continue
+        if split in splits:
+            continue
         rows, source = _read_split(spec, roles, split, root)
         if source:
             splits[split], sources[split] = rows, source
@@ -135,35 +255,30 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
         where = sources.get("train", f"{spec.source}: data.train")
         raise DataError(f"{where}: the train split is empty; a task needs training examples.")
     if isinstance(spec.data.validation, CarvedSplit):
-        splits["train"], splits["validation"] = _carve(splits["train"], spec.data.validation)
+        if not stream_train:
+            splits["train"], splits["validation"] = _carve(splits["train"], spec.data.validation)  # type: ignore[arg-type]
         sources["validation"] = f"{sources['train']} (carved: {spec.data.validation.from_train:g} of train, seed {spec.data.validation.seed})"
     splits = {s: splits[s] for s in SPLITS if s in splits}
     for split, rows in list(splits.items()):
         if not rows:
             raise DataError(f"{sources[split]}: the {split} split is empty.")
-        _normalise_labels(spec, rows, roles, sources[split])
+        if split not in normalised:
+            _normalise_labels(spec, rows, roles, sources[split])
     if spec.labels is not None:
         labels = list(spec.labels)
         allowed, origin = set(labels), "the labels declared in the spec"
     else:
-        labels = infer_labels(splits["train"], roles.token_level, spec.data.tag_scheme)
+        seen = set(train_counts) if train_counts is not None else _labels_of(splits["train"], roles.token_level)
+        labels = order_labels(seen, roles.token_level, spec.data.tag_scheme)
         allowed, origin = set(labels), "the train split"
     for split, rows in splits.items():
-        if spec.labels is None and split == "train":
-            continue
+        if split == "train" and (spec.labels is None or isinstance(rows, StreamedRows)):
+            continue  # train labels are the inferred ones, or were checked while streaming
         for row in rows:
-            values = row["tags"] if roles.token_level else [row["label"]]
-            for i, value in enumerate(values):
-                if value not in allowed:
-                    raise DataError(
-                        f"{sources[split]}:{_line(spec, row, i)}: label '{value}' never appears in {origin}; "
-                        f"known labels: {', '.join(labels)}. Declare it under 'labels:' in {spec.source} "
-                        "if it is real, or fix the data."
-                    )
-    if limit:
-        for split, n in limit.items():
-            if split in splits:
-                splits[split] = splits[split][:n]
+            _check_allowed(spec, row, _row_labels(row, roles.token_level), allowed, labels, sources[split], origin)
+    for split, n in limit.items():
+        if split in splits and not isinstance(splits[split], StreamedRows):
+            splits[split] = splits[split][:n]
     return TaskData(spec=spec, labels=labels, splits=splits, sources=sources)
 
 

@@ -10,8 +10,9 @@ from tqdm.auto import tqdm
 
 from ..config import TaskSpec
 from ..registry import TASK_TYPES
+from .disk_store import default_cache_dir, encode_to_disk
 from .encoding import EncodedSplit
-from .loading import TaskData, load_task_data
+from .loading import StreamedRows, TaskData, load_task_data
 
 
 @dataclass
@@ -50,15 +51,22 @@ def check_spec(spec: TaskSpec) -> None:
     from_mapping(head.Options, spec.head, f"{spec.source}: head")
 
 
-def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None) -> list[TaskData]:
-    """Read and check every task's data before anything heavy (tokenising, model loading)."""
+def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None,
+             storage: str = "memory") -> list[TaskData]:
+    """Read and check every task's data before anything heavy (tokenising, model loading).
+
+    ``storage="disk"``: train splits stay in their files (one checking pass now, tokenised into a
+    memory-mapped cache by ``encode_all``); validation and test are read into memory, because
+    their reports need the words.
+    """
     for spec in specs:
         check_spec(spec)
-    return [load_task_data(spec, root, limit) for spec in specs]
+    return [load_task_data(spec, root, limit, stream_train=storage == "disk") for spec in specs]
 
 
 def encode_all(datas: list[TaskData], tokenizer: Any, splits: tuple[str, ...] = ("train", "validation", "test"),
-               quiet: bool = False) -> list[PreparedTask]:
+               quiet: bool = False, cache_dir: Path | None = None) -> list[PreparedTask]:
+    """Tokenise every split; a streamed train split goes to ``cache_dir`` (default: the user cache)."""
     prepared = []
     jobs = [(d, s) for d in datas for s in splits if s in d.splits]
     bar = tqdm(jobs, desc="tokenising", disable=quiet, unit="split")
@@ -70,7 +78,14 @@ def encode_all(datas: list[TaskData], tokenizer: Any, splits: tuple[str, ...] = 
         if task is None:
             task = by_task[data.spec.name] = PreparedTask(data.spec, task_type, data)
             prepared.append(task)
-        task.encoded[split] = task_type.encode(data.splits[split], tokenizer, data.labels, data.spec.max_length)
+        rows = data.splits[split]
+        if isinstance(rows, StreamedRows):
+            with tqdm(total=len(rows), desc=f"  {data.spec.name}/{split} to disk", unit="ex", disable=quiet,
+                      leave=False, unit_scale=True) as examples:
+                task.encoded[split] = encode_to_disk(task_type, rows, tokenizer, data.labels, data.spec.max_length,
+                                                     cache_dir or default_cache_dir(), examples.update)
+        else:
+            task.encoded[split] = task_type.encode(rows, tokenizer, data.labels, data.spec.max_length)
     for data in datas:
         if data.spec.name not in by_task:
             prepared.append(PreparedTask(data.spec, TASK_TYPES.get(data.spec.type), data))

@@ -1,15 +1,17 @@
 """Data-format readers: one function per ``data.format``, registered by name.
 
-A reader turns one file into a list of rows: ``{role: value, ..., "line": n}`` where roles are
+A reader turns one file into an iterator of rows: ``{role: value, ..., "line": n}`` where roles are
 ``tokens``/``tags`` for token tasks and ``text``/``text_pair``/``label`` for sequence tasks, and
 ``line`` is where the example starts (for error messages). Readers check shape (columns present,
 equal lengths, non-empty); label validity is checked later, against the whole task.
+
+Readers stream: a file is read line by line and each row is yielded as soon as it is complete,
+so a task larger than memory can be validated and tokenised in one pass (``data.storage: disk``).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -49,10 +51,22 @@ def read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
+def _open_text(path: Path, encoding: str) -> Iterator[str]:
+    """The file's lines, streamed; a decoding error is reported with its line (read_text finds it)."""
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            yield from handle
+    except LookupError:
+        raise ConfigError(f"{path}: unknown encoding '{encoding}' in data.encoding.") from None
+    except UnicodeDecodeError:
+        read_text(path, encoding)  # raises the DataError that names the line
+        raise
+
+
 def _lines(path: Path, spec: DataSpec) -> Iterator[tuple[int, str]]:
-    text = read_text(path, spec.encoding)
-    for number, line in enumerate(text.splitlines(), 1):
-        yield number, line
+    # newline="" splits at "\n", "\r\n" and a bare "\r" alike and keeps the ending, stripped here.
+    for number, line in enumerate(_open_text(path, spec.encoding), 1):
+        yield number, line.rstrip("\r\n")
 
 
 def _columns(spec: DataSpec, roles: Roles, defaults: dict[str, int | str]) -> dict[str, int | str]:
@@ -99,32 +113,23 @@ def _finish_row(row: Row, roles: Roles, where: str) -> Row:
 
 
 @READERS.register("conll")
-def read_conll(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+def read_conll(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     if not roles.token_level:
         raise ConfigError("data.format: 'conll' is for token tasks; use csv, tsv, jsonl or regex for sequence tasks.")
     columns = _columns(spec, roles, {"tokens": 0, "tags": -1})
     for role, col in columns.items():
         if not isinstance(col, int):
             raise ConfigError(f"data.columns.{role}: conll columns are 0-based indices, got {col!r}.")
-    rows: list[Row] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
     width = None
-
-    def flush() -> None:
-        nonlocal tokens, tags
-        if tokens:
-            rows.append({"tokens": tokens, "tags": tags, "line": start})
-        tokens, tags = [], []
-
     for number, line in _lines(path, spec):
-        if not line.strip():
-            flush()
-            continue
         parts = line.split(spec.delimiter) if spec.delimiter else line.split()
-        if parts[0] == spec.doc_start:
-            flush()
+        if not line.strip() or parts[0] == spec.doc_start:
+            if tokens:
+                yield {"tokens": tokens, "tags": tags, "line": start}
+            tokens, tags = [], []
             continue
         if width is None:
             width = len(parts)
@@ -140,14 +145,13 @@ def read_conll(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
             start = number
         tokens.append(parts[columns["tokens"]])
         tags.append(parts[columns["tags"]])
-    flush()
-    return rows
+    if tokens:
+        yield {"tokens": tokens, "tags": tags, "line": start}
 
 
 @READERS.register("jsonl")
-def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     columns = _columns(spec, roles, {r: r for r in roles.all})
-    rows = []
     for number, line in _lines(path, spec):
         if not line.strip():
             continue
@@ -164,21 +168,20 @@ def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
                 row[role] = obj[key]
             elif role in roles.required:
                 raise DataError(f"{where}: missing field '{key}' (data.columns.{role}); fields present: {', '.join(obj)}.")
-        rows.append(_finish_row(row, roles, where))
-    return rows
+        yield _finish_row(row, roles, where)
 
 
-def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) -> list[Row]:
+def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) -> Iterator[Row]:
     columns = _columns(spec, roles, {r: r for r in roles.all} if spec.header else {})
     for role in roles.required:
         if role not in columns:
             raise ConfigError(f"data.columns.{role}: required for a file without header (a 0-based column index).")
     # QUOTE_NONE for TSV: GLUE-style TSVs contain bare quotes that are text, not quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(read_text(path, spec.encoding), newline=""), delimiter=delimiter, quoting=quoting)
-    rows = []
+    reader = csv.reader(_open_text(path, spec.encoding), delimiter=delimiter, quoting=quoting)
     index: dict[str, int] = {}
-    for number, record in enumerate(reader, 1):
+    for record in reader:
+        number = reader.line_num
         if not record or all(not cell.strip() for cell in record):
             continue
         if spec.header and not index:
@@ -204,22 +207,21 @@ def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) ->
                     raise DataError(f"{where}: {len(record)} columns, but '{role}' is column {col}.")
                 continue
             row[role] = record[col]
-        rows.append(_finish_row(row, roles, where))
-    return rows
+        yield _finish_row(row, roles, where)
 
 
 @READERS.register("csv")
-def read_csv(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+def read_csv(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     return _read_delimited(path, spec, roles, spec.delimiter or ",")
 
 
 @READERS.register("tsv")
-def read_tsv(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+def read_tsv(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     return _read_delimited(path, spec, roles, spec.delimiter or "\t")
 
 
 @READERS.register("regex")
-def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
+def read_regex(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     """One example per line, fields taken from the named groups of ``data.pattern``.
 
     TREC's ``COARSE:fine question`` lines, for example: ``^(?P<label>[^:]+):\\S+ (?P<text>.+)$``.
@@ -231,7 +233,6 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
     missing = [r for r in roles.required if r not in pattern.groupindex]
     if missing:
         raise ConfigError(f"data.pattern: needs named groups {', '.join(f'(?P<{m}>...)' for m in missing)}.")
-    rows = []
     for number, line in _lines(path, spec):
         if not line.strip():
             continue
@@ -240,12 +241,16 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> list[Row]:
         if match is None:
             raise DataError(f"{where}: line does not match data.pattern {spec.pattern!r}: {line[:80]!r}.")
         row: Row = {"line": number, **{k: v for k, v in match.groupdict().items() if v is not None}}
-        rows.append(_finish_row(row, roles, where))
-    return rows
+        yield _finish_row(row, roles, where)
 
 
 def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None) -> list[Row] | None:
-    """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``."""
+    """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``; None if it lacks the split."""
+    table = _hub_split(spec, roles, split, path)
+    return None if table is None else list(_hub_rows(spec, roles, split, path, table))
+
+
+def _hub_split(spec: DataSpec, roles: Roles, split: str, path: Path | None) -> Any:
     import datasets
 
     source = str(path) if path else spec.name
@@ -260,11 +265,15 @@ def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None)
     if split_name not in dataset:
         return None
     table = dataset[split_name]
-    columns = _columns(spec, roles, {r: r for r in roles.all})
-    rows = []
-    for role, name in columns.items():
+    for role, name in _columns(spec, roles, {r: r for r in roles.all}).items():
         if name not in table.column_names and role in roles.required:
             raise DataError(f"{source}[{split_name}]: no column '{name}' (data.columns.{role}); columns: {', '.join(table.column_names)}.")
+    return table
+
+
+def _hub_rows(spec: DataSpec, roles: Roles, split: str, path: Path | None, table: Any) -> Iterator[Row]:
+    source, split_name = str(path) if path else spec.name, spec.splits.get(split, split)
+    columns = _columns(spec, roles, {r: r for r in roles.all})
     names = {role: _label_names(table.features.get(columns.get(role, ""))) for role in ("label", "tags")}
     for i, record in enumerate(table):
         row: Row = {"line": i + 1}
@@ -279,8 +288,7 @@ def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None)
                                         f"({value}); this split is unlabelled.")
                     value = [names[role][v] for v in ids] if isinstance(value, list) else names[role][value]
                 row[role] = value
-        rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}"))
-    return rows
+        yield _finish_row(row, roles, f"{source}[{split_name}] row {i}")
 
 
 def _label_names(feature: Any) -> list[str] | None:

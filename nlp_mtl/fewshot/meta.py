@@ -283,6 +283,9 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     set_seed(config.training.seed)
     run.check_new(overwrite)
     specs = load_tasks(config)
+    if config.data.storage == "disk":
+        # Episodes (masked-word ones especially) draw sentences at random from every task.
+        say("note: meta-train holds its tasks in memory; data.storage 'disk' applies to train.")
     datas = load_all(specs, data_root(config), config.data.limit)
     if config.meta.init_from:
         encoder = tokenizer = None

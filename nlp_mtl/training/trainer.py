@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbone import load_backbone, resolve_backbone
-from ..config import AdapterConfig, ExperimentConfig, TaskSpec, data_root, load_tasks
+from ..config import AdapterConfig, ExperimentConfig, TaskSpec, cache_dir, data_root, load_tasks
 from ..data.encoding import collate
 from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
@@ -207,13 +207,13 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     resolve_backbone(config.backbone.name)
     specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
     config.adapters.check_groups([s.name for s in specs], config.source or "config")
-    datas = load_all(specs, data_root(config), config.data.limit)
+    datas = load_all(specs, data_root(config), config.data.limit, config.data.storage)
     encoder, tokenizer = load_backbone(config.backbone)
     check_max_length(specs, encoder.config)
     if main and not resume:
         run.prepare_new()
     accelerator.wait_for_everyone()
-    tasks = encode_all(datas, tokenizer, quiet=quiet)
+    tasks = encode_all(datas, tokenizer, quiet=quiet, cache_dir=cache_dir(config))
     for task in tasks:
         for split, enc in task.encoded.items():
             if enc.truncated:

@@ -1,0 +1,169 @@
+"""Tokenised train splits on disk, memory-mapped (``data.storage: disk``).
+
+A streamed split is tokenised a chunk at a time by its task type's own ``encode`` and appended
+to flat binary files (CSR: one flat array and offsets per field, as in memory), so preprocessing
+holds one chunk, never the split. Training then reads the files through ``np.memmap``: a batch
+is a few slices, the OS pages in what is touched, and resident memory does not grow with the
+dataset. The directory is named by a fingerprint of everything that decides its contents (the
+file's path, size and mtime, the task's data settings and labels, max_length and the
+tokenizer), so a second run reuses it and any change tokenises afresh. It is written under a
+temporary name and renamed when complete: an interrupted run leaves no half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, is_dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .encoding import EncodedSplit, Ragged
+from .loading import StreamedRows
+
+FORMAT_VERSION = 1
+MANIFEST = "split.json"
+CHUNK_ROWS = 20_000
+FIELDS = ("input_ids", "labels", "token_type_ids", "word_index")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nlp_mtl" / "encoded"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Vocabulary, normaliser, pre-tokeniser and post-processor: the serialised Rust tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    digest = hashlib.sha256(text.encode())
+    digest.update(f"{type(tokenizer).__name__}:{list(tokenizer.model_input_names)}".encode())
+    return digest.hexdigest()
+
+
+def split_fingerprint(rows: StreamedRows, tokenizer: Any, labels: list[str], max_length: int) -> str:
+    spec = rows.spec
+    data = asdict(spec.data) if is_dataclass(spec.data) else spec.data
+    key = {
+        "format_version": FORMAT_VERSION,
+        "file": rows.identity(),
+        "type": spec.type,
+        "data": data,
+        "labels": labels,
+        "max_length": max_length,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class _FieldWriter:
+    """Appends one field's chunks: a flat binary file, plus offsets when rows are ragged."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.name = name
+        self.path = directory / f"{name}.bin"
+        self.handle = self.path.open("wb")
+        self.dtype: np.dtype | None = None
+        self.size = 0
+        self.ragged: bool | None = None
+        self.lengths: list[np.ndarray] = []
+
+    def append(self, value: Ragged | np.ndarray) -> None:
+        flat = value.flat if isinstance(value, Ragged) else np.asarray(value)
+        ragged = isinstance(value, Ragged)
+        if self.ragged is None:
+            self.ragged, self.dtype = ragged, flat.dtype
+        elif ragged != self.ragged or flat.dtype != self.dtype:
+            raise RuntimeError(f"{self.name}: chunks disagree in shape or dtype ({flat.dtype} after {self.dtype})")
+        if ragged:
+            self.lengths.append(value.lengths())
+        self.handle.write(np.ascontiguousarray(flat).tobytes())
+        self.size += len(flat)
+
+    def finish(self) -> dict[str, Any]:
+        self.handle.close()
+        if self.ragged:
+            offsets = np.zeros(sum(len(x) for x in self.lengths) + 1, dtype=np.int64)
+            if self.lengths:
+                np.cumsum(np.concatenate(self.lengths), out=offsets[1:])
+            np.save(self.path.with_suffix(".offsets.npy"), offsets)
+        return {"dtype": str(self.dtype), "size": self.size, "ragged": bool(self.ragged)}
+
+
+def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerprint: str) -> EncodedSplit:
+    """Write chunks as one split at ``directory`` (atomically) and return it memory-mapped."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        writers: dict[str, _FieldWriter] = {}
+        examples = truncated = 0
+        for chunk in encoded_chunks:
+            present = {name: getattr(chunk, name) for name in FIELDS if getattr(chunk, name) is not None}
+            if examples and set(present) != set(writers):
+                raise RuntimeError(f"chunks disagree in fields: {sorted(present)} after {sorted(writers)}")
+            for name, value in present.items():
+                if name not in writers:
+                    writers[name] = _FieldWriter(tmp, name)
+                writers[name].append(value)
+            examples += len(chunk)
+            truncated += chunk.truncated
+        manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "examples": examples,
+                    "truncated": truncated, "fields": {name: w.finish() for name, w in writers.items()}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if directory.exists():  # a concurrent run finished the same split first: same contents
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_split(directory)
+
+
+def open_split(directory: Path) -> EncodedSplit:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    fields: dict[str, Ragged | np.ndarray] = {}
+    for name, info in manifest["fields"].items():
+        path = directory / f"{name}.bin"
+        dtype = np.dtype(info["dtype"])
+        # np.memmap cannot map an empty file.
+        flat = np.memmap(path, dtype=dtype, mode="r", shape=(info["size"],)) if info["size"] else np.empty(0, dtype)
+        fields[name] = Ragged(flat, np.load(path.with_suffix(".offsets.npy"), mmap_mode="r")) if info["ragged"] else flat
+    return EncodedSplit(input_ids=fields["input_ids"], labels=fields["labels"],
+                        token_type_ids=fields.get("token_type_ids"), word_index=fields.get("word_index"),
+                        truncated=int(manifest["truncated"]))
+
+
+def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: list[str], max_length: int,
+                   cache_dir: Path, progress: Callable[[int], None] | None = None,
+                   chunk_rows: int = CHUNK_ROWS) -> EncodedSplit:
+    """Tokenise a streamed split chunk by chunk into ``cache_dir``, or open it if already there."""
+    fingerprint = split_fingerprint(rows, tokenizer, labels, max_length)
+    directory = cache_dir / f"{rows.spec.name}-{fingerprint}"
+    if (directory / MANIFEST).is_file():
+        return open_split(directory)
+
+    def encoded() -> Iterator[EncodedSplit]:
+        for chunk in _chunks(rows, chunk_rows):
+            if "text_pair" in rows.roles_seen:
+                # In memory, one pair anywhere makes every row a pair (missing second segment: "");
+                # each chunk must be encoded the same way, not by what it happens to hold.
+                chunk = [row if "text_pair" in row else {**row, "text_pair": ""} for row in chunk]
+            yield task_type.encode(chunk, tokenizer, labels, max_length)
+            if progress:
+                progress(len(chunk))
+
+    return write_split(encoded(), directory, fingerprint)
