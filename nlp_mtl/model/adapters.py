@@ -1,6 +1,7 @@
 """Per-task adapters: small trainable modules added to chosen linear layers of a frozen encoder.
 
-Every adapter type adds a *delta* to the output of a target ``nn.Linear``::
+Every adapter type adds a *delta* to the output of a target ``nn.Linear`` (its module takes the
+layer's input and output and returns the adapted output)::
 
     lora        out + (alpha / rank) * B(A(dropout(x)))       B starts at zero
     houlsby     out + up(act(down(out)))  after the attention output and the FFN output
@@ -94,7 +95,12 @@ class LoraDelta(nn.Module):
         self.dropout = nn.Dropout(options.dropout) if options.dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        # out + scaling * B(A x) as one addmm: the add rides in the GEMM and the scaling lands on
+        # the rank-r product, so neither pass touches the (tokens x out_features) output twice.
+        low_rank = (self.dropout(x) @ self.lora_A.t()) * self.scaling
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), low_rank.reshape(-1, low_rank.shape[-1]),
+                           self.lora_B.t().to(low_rank.dtype))
+        return flat.view(out.shape)
 
     def merged_weight_delta(self) -> torch.Tensor:
         """What folding this adapter into the base weight adds to it (for export)."""
@@ -142,7 +148,7 @@ class BottleneckDelta(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return self.up(self.dropout(self.act(self.down(out))))
+        return out + self.up(self.dropout(self.act(self.down(out))))
 
 
 @ADAPTERS.register("houlsby")
@@ -217,7 +223,7 @@ class AdapterHooks:
         def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
             if self.active is None:
                 return None
-            return output + self.adapters[self.active].deltas[key](inputs[0], output)
+            return self.adapters[self.active].deltas[key](inputs[0], output)
 
         return add_delta
 
