@@ -307,8 +307,8 @@ def scale_child(spec_path: str, storage: str, cache: str) -> None:
     spec = load_task_spec(Path(spec_path))
     baseline = rss_mib()
     start = time.perf_counter()
-    (task,) = encode_all(load_all([spec], Path(spec_path).parent, storage=storage), tokenizer, quiet=True,
-                         cache_dir=Path(cache))
+    (task,) = encode_all(load_all([spec], Path(spec_path).parent, storage=storage, cache_dir=Path(cache)), tokenizer,
+                         quiet=True, cache_dir=Path(cache))
     seconds = time.perf_counter() - start
     train = task.encoded["train"]
     print(json.dumps({"seconds": seconds, "examples": len(train), "tokens": int(train.lengths.sum()),

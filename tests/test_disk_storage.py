@@ -115,6 +115,29 @@ def test_cache_is_reused_and_a_changed_file_is_tokenised_again(data_dir, tokeniz
     assert calls and len(grown) == len(first) + 1 and len(list(cache.iterdir())) == 2
 
 
+def test_a_second_run_does_not_check_an_unchanged_file_again(data_dir, tmp_path, monkeypatch):
+    import nlp_mtl.data.loading as loading
+
+    spec, root, cache = _spec(data_dir, "toy_sent"), data_dir / "data", tmp_path / "cache"
+    first = load_task_data(spec, root, {"train": 90}, stream_train=True, cache_dir=cache)
+    reads = []
+    original = loading.file_rows
+    monkeypatch.setattr(loading, "file_rows", lambda spec, roles, path: (
+        reads.append(1) if path.name == "sent_train.jsonl" else None) or original(spec, roles, path))
+    second = load_task_data(spec, root, {"train": 90}, stream_train=True, cache_dir=cache)
+    assert reads == []  # labels, counts and the carved validation split came from the record
+    assert (second.labels, second.splits["validation"], len(second.splits["train"])) == \
+        (first.labels, first.splits["validation"], 90)
+    assert second.splits["train"].held == first.splits["train"].held
+    assert list(second.splits["train"]) == list(first.splits["train"])
+
+    train = root / "sent_train.jsonl"
+    train.write_text(train.read_text() + json.dumps({"sentence": "a new awful movie", "polarity": "neu"}) + "\n")
+    reads.clear()
+    third = load_task_data(spec, root, stream_train=True, cache_dir=cache)
+    assert reads and "neu" in third.labels
+
+
 def test_an_interrupted_write_leaves_nothing_behind(data_dir, tokenizer, tmp_path):
     spec = _spec(data_dir, "toy_ner")
     disk = load_task_data(spec, data_dir / "data", stream_train=True)
@@ -174,7 +197,9 @@ def test_training_from_disk_matches_training_from_memory(data_dir, tiny_bert, tm
         results[storage] = {t: json.loads((run / "reports" / f"{t}.test.json").read_text())["metrics"]
                             for t in ("toy_ner", "toy_sent")}
     assert results["disk"] == results["memory"]
-    assert len(list((tmp_path / "cache").iterdir())) == 2  # one tokenised train split per task
+    # One tokenised train split per task, and what checking each train file found.
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["checked", "toy_ner", "toy_sent"]
+    assert len(list((tmp_path / "cache" / "checked").iterdir())) == 2
 
 
 def test_storage_value_is_checked(data_dir, tiny_bert, capsys):

@@ -5,16 +5,19 @@ Output is plain columns (``TaskData``); tokenisation happens later in ``encoding
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from ..config import CarvedSplit, TaskSpec
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_write
 from ..registry import READERS, TASK_TYPES
 from .readers import Roles, Row, read_hub
 from .tags import check_tag, to_iob2
@@ -168,15 +171,45 @@ class StreamedRows:
                 "held": len(self.held), "limit": self.limit}
 
 
-def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None) -> tuple[StreamedRows, list[Row], Counter, str]:
-    """One checking pass over the train file (two with a carved validation split), nothing kept but counts."""
+CHECK_VERSION = 1
+
+
+def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
+                  cache_dir: Path | None = None) -> tuple[StreamedRows, list[Row], Counter, str]:
+    """Check a train file in one streamed pass (two with a carved validation split), keeping only
+    counts. What the pass found is recorded under ``cache_dir``, so an unchanged file is not read
+    again to start the next run."""
     if spec.data.format == "hub":
         raise ConfigError(f"{spec.source}: data.storage 'disk' streams data files, and this task reads a Hugging Face "
                           "dataset (data.format: hub), which is memory-mapped Arrow already; use storage 'memory'.")
     if spec.data.train is None:
         raise DataError(f"{spec.source}: data.train: a task needs a train split.")
     stream = StreamedRows(spec, roles, resolve_data_path(spec, spec.data.train, root), limit=limit)
-    source = str(stream.path)
+    record = _check_record(stream, cache_dir) if cache_dir is not None else None
+    if record is not None and record.is_file():
+        found = json.loads(record.read_text(encoding="utf-8"))
+    else:
+        found = _check_train(stream)
+        if record is not None:
+            atomic_write(record, json.dumps(found))
+    n_rows, validation = found["rows"], found["validation"]
+    if isinstance(spec.data.validation, CarvedSplit) and n_rows:
+        stream.held = frozenset(_held_out(n_rows, spec.data.validation))
+    stream.roles_seen = frozenset(found["roles_seen"])
+    stream.count = min(n_rows - len(stream.held), limit if limit is not None else n_rows)
+    return stream, validation, Counter(found["label_counts"]), str(stream.path)
+
+
+def _check_record(stream: StreamedRows, cache_dir: Path) -> Path:
+    spec, stat = stream.spec, stream.path.stat()
+    key = {"version": CHECK_VERSION, "path": str(stream.path.resolve()), "bytes": stat.st_size,
+           "mtime_ns": stat.st_mtime_ns, "type": spec.type, "data": asdict(spec.data), "labels": spec.labels}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir / "checked" / f"{spec.name}-{digest}.json"
+
+
+def _check_train(stream: StreamedRows) -> dict[str, Any]:
+    spec, roles, source = stream.spec, stream.roles, str(stream.path)
     counts: Counter = Counter()
     allowed = set(spec.labels) if spec.labels is not None else None
     n_rows, seen = 0, set()
@@ -186,17 +219,16 @@ def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None) -
         counts.update(values)
         if allowed is not None:
             _check_allowed(spec, row, values, allowed, list(spec.labels or []), source, "the labels declared in the spec")
-    stream.roles_seen = frozenset(seen & set(roles.all))
     validation: list[Row] = []
     if isinstance(spec.data.validation, CarvedSplit) and n_rows:
-        stream.held = frozenset(_held_out(n_rows, spec.data.validation))
+        held = _held_out(n_rows, spec.data.validation)
         for i, row in enumerate(stream.all_rows()):
-            if i in stream.held:
+            if i in held:
                 validation.append(row)
                 counts.subtract(_row_labels(row, roles.token_level))
         counts = +counts  # a label seen only in the carved rows is not a train label
-    stream.count = min(n_rows - len(stream.held), limit if limit is not None else n_rows)
-    return stream, validation, counts, source
+    return {"rows": n_rows, "label_counts": dict(counts), "roles_seen": sorted(seen & set(roles.all)),
+            "validation": validation}
 
 
 def _labels_of(rows: Iterable[Row], token_level: bool) -> set[str]:
@@ -229,8 +261,9 @@ def _check_allowed(spec: TaskSpec, row: Row, values: list[str], allowed: set[str
 
 
 def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = None,
-                   stream_train: bool = False) -> TaskData:
-    """Read and check a task's splits. ``stream_train``: the train split stays in its file (StreamedRows)."""
+                   stream_train: bool = False, cache_dir: Path | None = None) -> TaskData:
+    """Read and check a task's splits. ``stream_train``: the train split stays in its file
+    (StreamedRows), and what checking it found is kept under ``cache_dir`` for the next run."""
     task_type = TASK_TYPES.get(spec.type, f"{spec.source}: type")
     roles: Roles = task_type.roles
     limit = limit or {}
@@ -240,7 +273,8 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
     normalised: set[str] = set()  # streamed rows are normalised as they are read
     for split in SPLITS:
         if split == "train" and stream_train:
-            splits["train"], carved, train_counts, sources["train"] = _stream_train(spec, roles, root, limit.get("train"))
+            splits["train"], carved, train_counts, sources["train"] = _stream_train(spec, roles, root, limit.get("train"),
+                                                                                  cache_dir)
             normalised.add("train")
             if carved:
                 splits["validation"] = carved

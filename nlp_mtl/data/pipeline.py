@@ -52,7 +52,7 @@ def check_spec(spec: TaskSpec) -> None:
 
 
 def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = None,
-             storage: str = "memory") -> list[TaskData]:
+             storage: str = "memory", cache_dir: Path | None = None) -> list[TaskData]:
     """Read and check every task's data before anything heavy (tokenising, model loading).
 
     ``storage="disk"``: train splits stay in their files (one checking pass now, tokenised into a
@@ -61,7 +61,10 @@ def load_all(specs: list[TaskSpec], root: Path, limit: dict[str, int] | None = N
     """
     for spec in specs:
         check_spec(spec)
-    return [load_task_data(spec, root, limit, stream_train=storage == "disk") for spec in specs]
+    if storage != "disk":
+        return [load_task_data(spec, root, limit) for spec in specs]
+    return [load_task_data(spec, root, limit, stream_train=True, cache_dir=cache_dir or default_cache_dir())
+            for spec in specs]
 
 
 def encode_all(datas: list[TaskData], tokenizer: Any, splits: tuple[str, ...] = ("train", "validation", "test"),

@@ -207,7 +207,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     resolve_backbone(config.backbone.name)
     specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
     config.adapters.check_groups([s.name for s in specs], config.source or "config")
-    datas = load_all(specs, data_root(config), config.data.limit, config.data.storage)
+    datas = load_all(specs, data_root(config), config.data.limit, config.data.storage, cache_dir(config))
     encoder, tokenizer = load_backbone(config.backbone)
     check_max_length(specs, encoder.config)
     if main and not resume:
