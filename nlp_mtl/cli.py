@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from .config import cache_dir
     from .data.pipeline import encode_all, load_all
     from .evaluation import evaluate_tasks, write_reports
     from .evaluation.reports import format_report
@@ -179,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config, specs, root = run.read_experiment()
     if args.data_root:
         root = Path(args.data_root).resolve()
-    datas = load_all(specs, root, config.data.limit)
+    datas = load_all(specs, root, config.data.limit, config.data.storage, cache_dir(config))
     model = MultiTaskModel.from_pretrained(run.path, device=_device())
     for data in datas:
         # Label ids are the model's, whatever the data on disk says now.
@@ -188,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"{data.spec.source}: labels {sorted(set(data.labels) - set(saved))} are not among "
                             f"the labels the model was trained with ({', '.join(saved)}).")
         data.labels = list(saved)
-    tasks = encode_all(datas, model.tokenizer, splits=(args.split,), quiet=args.quiet)
+    tasks = encode_all(datas, model.tokenizer, splits=(args.split,), quiet=args.quiet, cache_dir=cache_dir(config))
     tasks = [t for t in tasks if args.split in t.encoded]
     if not tasks:
         raise UserError(f"{run.path}: no task has a {args.split} split.")

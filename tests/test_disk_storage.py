@@ -75,9 +75,11 @@ def test_limit_and_peeking_read_only_what_they_need(data_dir, tokenizer, tmp_pat
     assert disk.splits["train"][:3] == memory.splits["train"][:3]
 
 
-def test_pairs_in_a_later_chunk_are_encoded_as_in_memory(tmp_path, tokenizer):
+@pytest.mark.parametrize("limit", [None, 5])
+def test_pairs_in_a_later_chunk_are_encoded_as_in_memory(tmp_path, tokenizer, limit):
     # Only the last row has a second segment: in memory every row is then a pair, and a chunk
-    # holding no pair must not be encoded differently.
+    # holding no pair must not be encoded differently. With a limit that drops that row, no row
+    # is a pair, again as in memory.
     (tmp_path / "train.jsonl").write_text("".join(
         json.dumps({"text": f"alice met bob {i}", "label": "pos" if i % 2 else "neg",
                     **({"text_pair": "in paris"} if i == 9 else {})}) + "\n" for i in range(10)))
@@ -85,14 +87,33 @@ def test_pairs_in_a_later_chunk_are_encoded_as_in_memory(tmp_path, tokenizer):
     spec_path.write_text("name: pairs\ntype: sequence_classification\n"
                          "data: {format: jsonl, train: train.jsonl}\nmax_length: 16\n")
     spec = load_task_spec(spec_path)
-    memory = load_task_data(spec, tmp_path)
-    disk = load_task_data(spec, tmp_path, stream_train=True)
+    limits = {"train": limit} if limit else None
+    memory = load_task_data(spec, tmp_path, limits)
+    disk = load_task_data(spec, tmp_path, limits, stream_train=True)
     task_type = TASK_TYPES.get(spec.type)
     in_memory = task_type.encode(memory.splits["train"], tokenizer, memory.labels, 16)
     on_disk = encode_to_disk(task_type, disk.splits["train"], tokenizer, disk.labels, 16, tmp_path / "cache",
                              chunk_rows=4)
-    assert in_memory.token_type_ids is not None
+    assert (in_memory.token_type_ids is not None) == (limit is None)
     _same(in_memory, on_disk)
+
+
+def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refused(data_dir, tokenizer, tmp_path):
+    from nlp_mtl.data.disk_store import write_split
+
+    spec = _spec(data_dir, "toy_ner")
+    data = load_task_data(spec, data_dir / "data")
+    encoded = TASK_TYPES.get(spec.type).encode(data.splits["train"], tokenizer, data.labels, spec.max_length)
+    target = tmp_path / "cache" / "toy_ner-abc"
+    first = write_split([encoded], target, "abc")
+    # A second writer of the same split (another rank) renames onto a finished folder.
+    second = write_split([encoded], target, "abc")
+    _same(first, second)
+    assert [p.name for p in target.parent.iterdir()] == ["toy_ner-abc"]
+    assert oct(target.stat().st_mode & 0o777) != oct(0o700)  # published like a plain mkdir, not private
+    with pytest.raises(DataError, match="changed while this run was reading it"):
+        write_split([encoded], tmp_path / "cache" / "toy_ner-def", "def", expected=len(encoded) + 1, source="x.txt")
+    assert [p.name for p in target.parent.iterdir()] == ["toy_ner-abc"]
 
 
 def test_cache_is_reused_and_a_changed_file_is_tokenised_again(data_dir, tokenizer, tmp_path, monkeypatch):

@@ -114,3 +114,10 @@ def test_labels_inferred_in_stable_order(tmp_path):
     data = load_task_data(spec, tmp_path)
     assert data.labels == ["O", "B-LOC", "B-PER"]
     assert data.splits["train"][0]["tags"] == ["B-PER", "B-LOC"]
+
+
+def test_csv_errors_name_the_line_a_multiline_record_starts_on(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text('text,label\n"two\nlines",pos\n"three\nmore\nlines",\n')
+    with pytest.raises(DataError, match=r"m.csv:4: missing label"):
+        list(read_csv(f, DataSpec(format="csv", train="m.csv"), SEQ))

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
+from ..fileio import publish_mode
 from .encoding import EncodedSplit, Ragged
 from .loading import StreamedRows
 
@@ -103,12 +105,14 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerprint: str) -> EncodedSplit:
-    """Write chunks as one split at ``directory`` (atomically) and return it memory-mapped."""
+def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerprint: str,
+                expected: int | None = None, source: str = "") -> EncodedSplit:
+    """Write chunks as one split at ``directory`` (atomically) and return it memory-mapped.
+    ``expected``: the number of examples the checking pass counted in ``source``."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    writers: dict[str, _FieldWriter] = {}
     try:
-        writers: dict[str, _FieldWriter] = {}
         examples = truncated = 0
         for chunk in encoded_chunks:
             present = {name: getattr(chunk, name) for name in FIELDS if getattr(chunk, name) is not None}
@@ -120,14 +124,24 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
                 writers[name].append(value)
             examples += len(chunk)
             truncated += chunk.truncated
+        fields = {name: w.finish() for name, w in writers.items()}
+        if expected is not None and examples != expected:
+            raise DataError(f"{source}: {examples} examples read now, {expected} when the file was checked; "
+                            "it changed while this run was reading it. Run again.")
         manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "examples": examples,
-                    "truncated": truncated, "fields": {name: w.finish() for name, w in writers.items()}}
+                    "truncated": truncated, "fields": fields}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if directory.exists():  # a concurrent run finished the same split first: same contents
-            shutil.rmtree(tmp)
-        else:
+        publish_mode(tmp)  # mkdtemp made it private; a shared cache must be readable like any folder
+        try:
             tmp.rename(directory)
+        except OSError:
+            if not (directory / MANIFEST).is_file():
+                raise
+            # Another process (a rank of the same run) finished the same split first: same contents.
+            shutil.rmtree(tmp)
     except BaseException:
+        for writer in writers.values():
+            writer.handle.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_split(directory)
@@ -166,4 +180,4 @@ def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: l
             if progress:
                 progress(len(chunk))
 
-    return write_split(encoded(), directory, fingerprint)
+    return write_split(encoded(), directory, fingerprint, expected=len(rows), source=str(rows.path))

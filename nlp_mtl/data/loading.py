@@ -165,10 +165,18 @@ class StreamedRows:
         return list(islice(self, index.start, index.stop, index.step))
 
     def identity(self) -> dict[str, Any]:
-        """What the file is, for cache keys: a changed file is a different split."""
-        stat = self.path.stat()
-        return {"path": str(self.path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "held": len(self.held), "limit": self.limit}
+        """What the file and this view of it are, for cache keys: a changed file is a different split."""
+        return {**file_identity(self.path), "held": len(self.held), "limit": self.limit}
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    """Path, size and times. Inode and ctime too: copying tools restore mtime, nothing sets ctime.
+    The package version stands for the code that checks and encodes."""
+    from .. import __version__
+
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino, "nlp_mtl": __version__}
 
 
 CHECK_VERSION = 1
@@ -201,31 +209,37 @@ def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
 
 
 def _check_record(stream: StreamedRows, cache_dir: Path) -> Path:
-    spec, stat = stream.spec, stream.path.stat()
-    key = {"version": CHECK_VERSION, "path": str(stream.path.resolve()), "bytes": stat.st_size,
-           "mtime_ns": stat.st_mtime_ns, "type": spec.type, "data": asdict(spec.data), "labels": spec.labels}
+    spec = stream.spec
+    key = {"version": CHECK_VERSION, "file": file_identity(stream.path), "type": spec.type,
+           "data": asdict(spec.data), "labels": spec.labels, "limit": stream.limit}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir / "checked" / f"{spec.name}-{digest}.json"
 
 
 def _check_train(stream: StreamedRows) -> dict[str, Any]:
     spec, roles, source = stream.spec, stream.roles, str(stream.path)
+    carve = spec.data.validation if isinstance(spec.data.validation, CarvedSplit) else None
+    keep = stream.limit if stream.limit is not None else float("inf")
     counts: Counter = Counter()
     allowed = set(spec.labels) if spec.labels is not None else None
     n_rows, seen = 0, set()
     for n_rows, row in enumerate(stream.all_rows(), 1):
-        seen.update(row)
+        if carve is None and n_rows <= keep:
+            seen.update(row)  # roles of the rows training will see, as in memory
         values = _row_labels(row, roles.token_level)
         counts.update(values)
         if allowed is not None:
             _check_allowed(spec, row, values, allowed, list(spec.labels or []), source, "the labels declared in the spec")
     validation: list[Row] = []
-    if isinstance(spec.data.validation, CarvedSplit) and n_rows:
-        held = _held_out(n_rows, spec.data.validation)
+    if carve is not None and n_rows:
+        held, kept = _held_out(n_rows, carve), 0
         for i, row in enumerate(stream.all_rows()):
             if i in held:
                 validation.append(row)
                 counts.subtract(_row_labels(row, roles.token_level))
+            elif kept < keep:
+                kept += 1
+                seen.update(row)
         counts = +counts  # a label seen only in the carved rows is not a train label
     return {"rows": n_rows, "label_counts": dict(counts), "roles_seen": sorted(seen & set(roles.all)),
             "validation": validation}

@@ -180,8 +180,10 @@ def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) ->
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(_open_text(path, spec.encoding), delimiter=delimiter, quoting=quoting)
     index: dict[str, int] = {}
+    next_start = 1
     for record in reader:
-        number = reader.line_num
+        # Where this record starts: a quoted field may run over several lines.
+        number, next_start = next_start, reader.line_num + 1
         if not record or all(not cell.strip() for cell in record):
             continue
         if spec.header and not index:

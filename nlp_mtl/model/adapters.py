@@ -95,11 +95,11 @@ class LoraDelta(nn.Module):
         self.dropout = nn.Dropout(options.dropout) if options.dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        # out + scaling * B(A x) as one addmm: the add rides in the GEMM and the scaling lands on
-        # the rank-r product, so neither pass touches the (tokens x out_features) output twice.
-        low_rank = (self.dropout(x) @ self.lora_A.t()) * self.scaling
+        # out + scaling * B(A x) with the add inside the B product's GEMM (addmm) and the scaling
+        # on the rank-r product: no separate elementwise passes over the (tokens x out) output.
+        low_rank = ((self.dropout(x) @ self.lora_A.t()) * self.scaling).to(out.dtype)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), low_rank.reshape(-1, low_rank.shape[-1]),
-                           self.lora_B.t().to(low_rank.dtype))
+                           self.lora_B.t().to(out.dtype))
         return flat.view(out.shape)
 
     def merged_weight_delta(self) -> torch.Tensor:
