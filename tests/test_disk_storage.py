@@ -68,7 +68,7 @@ def test_disk_split_equals_the_in_memory_one_across_chunks(data_dir, tokenizer, 
     assert isinstance(on_disk.input_ids.flat, np.memmap)
 
 
-def test_limit_and_peeking_read_only_what_they_need(data_dir, tokenizer, tmp_path):
+def test_limit_and_peeking_give_the_in_memory_rows(data_dir, tokenizer, tmp_path):
     memory, disk, in_memory, on_disk = _both(data_dir, "toy_sent", tokenizer, tmp_path / "cache", limit={"train": 50})
     assert len(on_disk) == len(disk.splits["train"]) == 50
     _same(in_memory, on_disk)

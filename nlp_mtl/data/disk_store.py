@@ -5,8 +5,8 @@ to flat binary files (CSR: one flat array and offsets per field, as in memory), 
 holds one chunk, never the split. Training then reads the files through ``np.memmap``: a batch
 is a few slices, the OS pages in what is touched, and resident memory does not grow with the
 dataset. The directory is named by a fingerprint of everything that decides its contents (the
-file's path, size and mtime, the task's data settings and labels, max_length and the
-tokenizer), so a second run reuses it and any change tokenises afresh. It is written under a
+file's identity: path, size, mtime, ctime, inode; the task's data settings and labels,
+max_length, the tokenizer and the package version), so a second run reuses it and any change tokenises afresh. It is written under a
 temporary name and renamed when complete: an interrupted run leaves no half-written cache.
 """
 
@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DataError
 from ..fileio import publish_mode
 from .encoding import EncodedSplit, Ragged
-from .loading import StreamedRows
+from .loading import StreamedRows, key_digest
 
 FORMAT_VERSION = 1
 MANIFEST = "split.json"
@@ -52,17 +52,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def split_fingerprint(rows: StreamedRows, tokenizer: Any, labels: list[str], max_length: int) -> str:
     spec = rows.spec
-    data = asdict(spec.data) if is_dataclass(spec.data) else spec.data
-    key = {
-        "format_version": FORMAT_VERSION,
-        "file": rows.identity(),
-        "type": spec.type,
-        "data": data,
-        "labels": labels,
-        "max_length": max_length,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return key_digest({"format_version": FORMAT_VERSION, "file": rows.identity(), "type": spec.type,
+                       "data": asdict(spec.data), "labels": labels, "max_length": max_length,
+                       "tokenizer": tokenizer_fingerprint(tokenizer)})
 
 
 class _FieldWriter:

@@ -144,7 +144,7 @@ class StreamedRows:
     count: int = 0
     held: frozenset[int] = frozenset()
     limit: int | None = None
-    # Every role some row of the file has (an optional one such as text_pair may be in few).
+    # Every role some kept row has (an optional one such as text_pair may be in few).
     roles_seen: frozenset[str] = frozenset()
 
     def all_rows(self) -> Iterator[Row]:
@@ -179,11 +179,11 @@ def file_identity(path: Path) -> dict[str, Any]:
             "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino, "nlp_mtl": __version__}
 
 
-CHECK_VERSION = 1
+CHECK_VERSION = 2  # 2: train labels recorded as a set, not counts
 
 
 def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
-                  cache_dir: Path | None = None) -> tuple[StreamedRows, list[Row], Counter, str]:
+                  cache_dir: Path | None = None) -> tuple[StreamedRows, list[Row], set[str], str]:
     """Check a train file in one streamed pass (two with a carved validation split), keeping only
     counts. What the pass found is recorded under ``cache_dir``, so an unchanged file is not read
     again to start the next run."""
@@ -205,15 +205,19 @@ def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
         stream.held = frozenset(_held_out(n_rows, spec.data.validation))
     stream.roles_seen = frozenset(found["roles_seen"])
     stream.count = min(n_rows - len(stream.held), limit if limit is not None else n_rows)
-    return stream, validation, Counter(found["label_counts"]), str(stream.path)
+    return stream, validation, set(found["train_labels"]), str(stream.path)
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """A short, stable name for a cache entry from everything that decides its contents."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def _check_record(stream: StreamedRows, cache_dir: Path) -> Path:
     spec = stream.spec
     key = {"version": CHECK_VERSION, "file": file_identity(stream.path), "type": spec.type,
            "data": asdict(spec.data), "labels": spec.labels, "limit": stream.limit}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return cache_dir / "checked" / f"{spec.name}-{digest}.json"
+    return cache_dir / "checked" / f"{spec.name}-{key_digest(key)}.json"
 
 
 def _check_train(stream: StreamedRows) -> dict[str, Any]:
@@ -240,8 +244,8 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
             elif kept < keep:
                 kept += 1
                 seen.update(row)
-        counts = +counts  # a label seen only in the carved rows is not a train label
-    return {"rows": n_rows, "label_counts": dict(counts), "roles_seen": sorted(seen & set(roles.all)),
+    # A label seen only in the carved rows is not a train label (+ drops counts down to zero).
+    return {"rows": n_rows, "train_labels": sorted(+counts), "roles_seen": sorted(seen & set(roles.all)),
             "validation": validation}
 
 
@@ -252,12 +256,8 @@ def _labels_of(rows: Iterable[Row], token_level: bool) -> set[str]:
     return seen
 
 
-def infer_labels(rows: Iterable[Row], token_level: bool, scheme: str = "iob2") -> list[str]:
-    """Stable label order: independent of file order. IOB tags: 'O' first, then by type, B before I."""
-    return order_labels(_labels_of(rows, token_level), token_level, scheme)
-
-
 def order_labels(labels: Iterable[str], token_level: bool, scheme: str = "iob2") -> list[str]:
+    """Stable label order: independent of file order. IOB tags: 'O' first, then by type, B before I."""
     if token_level and scheme != "none":
         return sorted(labels, key=lambda t: (t != "O", t[2:], t[:1]))
     return sorted(labels)
@@ -283,11 +283,11 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
     limit = limit or {}
     splits: dict[str, list[Row] | StreamedRows] = {}
     sources: dict[str, str] = {}
-    train_counts: Counter | None = None
+    train_labels: set[str] | None = None  # streamed: found by the checking pass
     normalised: set[str] = set()  # streamed rows are normalised as they are read
     for split in SPLITS:
         if split == "train" and stream_train:
-            splits["train"], carved, train_counts, sources["train"] = _stream_train(spec, roles, root, limit.get("train"),
+            splits["train"], carved, train_labels, sources["train"] = _stream_train(spec, roles, root, limit.get("train"),
                                                                                   cache_dir)
             normalised.add("train")
             if carved:
@@ -316,7 +316,7 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
         labels = list(spec.labels)
         allowed, origin = set(labels), "the labels declared in the spec"
     else:
-        seen = set(train_counts) if train_counts is not None else _labels_of(splits["train"], roles.token_level)
+        seen = train_labels if train_labels is not None else _labels_of(splits["train"], roles.token_level)
         labels = order_labels(seen, roles.token_level, spec.data.tag_scheme)
         allowed, origin = set(labels), "the train split"
     for split, rows in splits.items():

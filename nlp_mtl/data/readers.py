@@ -247,12 +247,7 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
 
 
 def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None) -> list[Row] | None:
-    """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``; None if it lacks the split."""
-    table = _hub_split(spec, roles, split, path)
-    return None if table is None else list(_hub_rows(spec, roles, split, path, table))
-
-
-def _hub_split(spec: DataSpec, roles: Roles, split: str, path: Path | None) -> Any:
+    """A Hugging Face dataset: ``load_dataset(name, config)`` or ``load_from_disk(path)``."""
     import datasets
 
     source = str(path) if path else spec.name
@@ -267,15 +262,11 @@ def _hub_split(spec: DataSpec, roles: Roles, split: str, path: Path | None) -> A
     if split_name not in dataset:
         return None
     table = dataset[split_name]
-    for role, name in _columns(spec, roles, {r: r for r in roles.all}).items():
+    columns = _columns(spec, roles, {r: r for r in roles.all})
+    rows = []
+    for role, name in columns.items():
         if name not in table.column_names and role in roles.required:
             raise DataError(f"{source}[{split_name}]: no column '{name}' (data.columns.{role}); columns: {', '.join(table.column_names)}.")
-    return table
-
-
-def _hub_rows(spec: DataSpec, roles: Roles, split: str, path: Path | None, table: Any) -> Iterator[Row]:
-    source, split_name = str(path) if path else spec.name, spec.splits.get(split, split)
-    columns = _columns(spec, roles, {r: r for r in roles.all})
     names = {role: _label_names(table.features.get(columns.get(role, ""))) for role in ("label", "tags")}
     for i, record in enumerate(table):
         row: Row = {"line": i + 1}
@@ -290,7 +281,8 @@ def _hub_rows(spec: DataSpec, roles: Roles, split: str, path: Path | None, table
                                         f"({value}); this split is unlabelled.")
                     value = [names[role][v] for v in ids] if isinstance(value, list) else names[role][value]
                 row[role] = value
-        yield _finish_row(row, roles, f"{source}[{split_name}] row {i}")
+        rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}"))
+    return rows
 
 
 def _label_names(feature: Any) -> list[str] | None:
