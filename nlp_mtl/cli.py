@@ -94,10 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="spec file (or built-in name) of the new task")
     p.add_argument("--shots", type=_positive_int, default=16, help="examples per class (token tasks: per entity/tag type)")
     p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (1..N), each a new sample")
-    p.add_argument("--init", default="auto",
-                   help="auto, meta, fresh, full, or an adapter group of the run. auto (default): per seed, "
-                        "the run's meta adapter (else its only group) or a fresh adapter, whichever scores better "
-                        "in 2-fold cross-validation on the support set")
+    p.add_argument("--init", default="trained",
+                   help="trained, auto, meta, fresh, full, or an adapter group of the run. trained (default): "
+                        "the run's meta adapter (else its only group). auto: per seed, that or a fresh adapter, "
+                        "whichever scores better in 2-fold cross-validation on the support set")
+    p.add_argument("--init-scale", type=float, default=0.25, metavar="F",
+                   help="start a trained adapter from its delta times F, in [0, 1] (default 0.25): 1 as trained, "
+                        "smaller keeps more of the pretrained encoder's features (README, few-shot)")
     p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
     p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")
     p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")
@@ -305,7 +308,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not args.overwrite)):
             raise UserError(f"--save {save}: exists; pass --overwrite to replace a task package there.")
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
-                             epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
+                             init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
 
     def show(result) -> None:
         print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps; "
@@ -314,7 +317,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
                                on_seed=show, device=_device())
     print(summary.headline())
-    output = Path(args.output) if args.output else run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.init}.json"
+    scale = f"x{summary.init_scale:g}" if summary.init_scale not in (None, 1.0) else ""
+    output = Path(args.output) if args.output else \
+        run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.init}{scale}.json"
     write_summary(summary, output)
     print(f"summary written to {output}")
     if args.save:

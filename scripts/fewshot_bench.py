@@ -13,6 +13,8 @@ from each of:
   (d) full    full fine-tuning of the encoder (no adapter)
   (e) auto    `adapt`'s default: per seed, (c) or (a), whichever adapts better in 2-fold
               cross-validation on the support set
+(b), (c) and (e) start from their trained adapter's delta times --init-scale (default 0.25,
+as `adapt`); such rows are labelled e.g. "meta x0.25" (1 gives the unscaled rows).
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
 rate) is the same for (a)-(c) and (e). Scores: entity F1 for IOB tagging (chunking), macro F1 otherwise
 (POS tags, question types). The table goes to stdout and --out (JSON).
@@ -100,37 +102,42 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     for init in args.inits:
         source, group = sources[init]
+        scale = args.init_scale if init in ("mtl", "meta", "auto") else 1.0
+        label = init if scale == 1.0 else f"{init} x{scale:g}"
         model = MultiTaskModel.from_pretrained(source)
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
-                                         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
+                                         init_scale=scale, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
                 summary = few_shot_adapt(model, task, settings, source=str(source))
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
                 values = [s.metrics[summary.metric] for s in summary.seeds]
-                row = {"split": split, "task": task_name, "shots": shots, "init": init, "metric": summary.metric,
+                row = {"split": split, "task": task_name, "shots": shots, "init": label, "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
                        "seconds": round(summary.seconds, 1)}
                 if init == "auto":
                     row["chosen"] = [s.init for s in summary.seeds]
                 rows.append(row)
-                print(f"[{split}] {task_name:16s} K={shots:<3d} {init:6s} {summary.metric} "
+                print(f"[{split}] {task_name:16s} K={shots:<3d} {label:6s} {summary.metric} "
                       f"{100 * row['mean']:6.2f} ± {100 * row['std']:5.2f}  ({summary.seconds:.0f} s)"
                       f"{summary.choices()}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| split | held-out task | metric | K | fresh adapter (a) | MTL adapter (b) | meta-learned (c) | full FT (d) "
-             "| auto: (c) or (a) (e) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    names = {"fresh": "fresh adapter (a)", "mtl": "MTL adapter (b)", "meta": "meta-learned (c)", "full": "full FT (d)",
+             "auto": "auto: (c) or (a) (e)"}
+    present = {r["init"] for r in rows}
+    labels = [i for i in INITS if i in present] + sorted(present - set(INITS))  # scaled inits last
+    lines = ["| split | held-out task | metric | K | " + " | ".join(names.get(i, i) for i in labels) + " |",
+             "|---|---|---|---|" + "---|" * len(labels)]
     keys = sorted({(r["split"], r["task"], r["shots"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
     for split, task, shots in keys:
         cells = []
         metric = ""
-        for init in INITS:
+        for init in labels:
             found = [r for r in rows if (r["split"], r["task"], r["shots"], r["init"]) == (split, task, shots, init)]
             if found:
                 metric = found[0]["metric"]
@@ -139,7 +146,7 @@ def table(rows: list[dict]) -> str:
                 cells.append("-")
         lines.append(f"| {split} | {task} | {metric} | {shots} | " + " | ".join(cells) + " |")
     for shots in sorted({r["shots"] for r in rows}):
-        means = {init: [r["mean"] for r in rows if r["shots"] == shots and r["init"] == init] for init in INITS}
+        means = {init: [r["mean"] for r in rows if r["shots"] == shots and r["init"] == init] for init in labels}
         cells = [f"{100 * np.mean(v):.1f}" if v else "-" for v in means.values()]
         lines.append(f"| all | average | | {shots} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -152,6 +159,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    parser.add_argument("--init-scale", type=float, default=0.25,
+                        help="start mtl, meta and auto from their trained delta times this factor (adapt --init-scale)")
     parser.add_argument("--test-limit", type=int, default=None, help="score on the first N test examples of each task")
     parser.add_argument("--epochs", type=int, default=10, help="adaptation: passes over the support set")
     parser.add_argument("--max-steps", type=int, default=60, help="adaptation: cap on optimizer steps")

@@ -246,3 +246,31 @@ def test_published_files_and_folders_get_normal_permissions(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "f.json").st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(os.stat(tmp_path / "dst").st_mode) == 0o777 & ~umask
     assert stat.S_IMODE(os.stat(tmp_path / "dst" / "w.bin").st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("kind,options", [("lora", {"rank": 4}), ("houlsby", {"reduction_factor": 4})])
+def test_scaling_an_adapter_scales_what_it_adds_to_the_encoder(tiny_bert, kind, options):
+    """scale_(f) moves the adapted encoder along the line from the bare encoder (0) to the
+    adapted one (1): every adapted layer's output becomes base + f * delta."""
+    from nlp_mtl.backbone import load_encoder
+    from nlp_mtl.model.adapters import AdapterSet, module_key, parse_options, resolve_targets
+
+    encoder = load_encoder(tiny_bert)
+    parsed = parse_options(kind, options, "adapters")
+    targets = resolve_targets(encoder, kind, parsed)
+    adapters = AdapterSet(encoder, kind, parsed, targets)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_(0, 0.1)  # a "trained" adapter: every factor non-zero
+    modules = dict(encoder.named_modules())
+    name = targets[0]
+    layer = modules[name]
+    x = torch.randn(3, 5, layer.in_features)
+    base = layer(x)
+    delta = adapters.deltas[module_key(name)]
+    full = delta(x, base) - base
+    adapters.scale_(0.25)
+    torch.testing.assert_close(delta(x, base) - base, 0.25 * full)
+    adapters.scale_(0.0)
+    torch.testing.assert_close(delta(x, base), base)

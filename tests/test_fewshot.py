@@ -230,10 +230,10 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     # A new task: the sentiment data under another name, so it is not one the run has.
     spec = (data_dir / "specs" / "toy_sent_csv.yaml")
     summary_path = data_dir / "adapt.json"
-    assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10",
+    assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10", "--init", "auto",
                  "--output", str(summary_path), "--save", str(data_dir / "adapted")]) == 0
     out = capsys.readouterr().out
-    assert out.count("=== seed") == 3 and "precision" in out and "init auto (" in out and "±" in out
+    assert out.count("=== seed") == 3 and "precision" in out and "init auto x0.25 (" in out and "±" in out
     summary = json.loads(summary_path.read_text())
     assert summary["init"] == "auto" and summary["shots"] == 4 and len(summary["seeds"]) == 3
     assert {s["init"] for s in summary["seeds"]} <= {"meta", "fresh"} and all(s["selection"] for s in summary["seeds"])
@@ -252,7 +252,7 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     assert json.loads((data_dir / "full.json").read_text())["init"] == "full"
     capsys.readouterr()
     assert main(["adapt", str(run), "--task", str(spec), "--init", "nope"]) == 2
-    assert "--init: expected meta, fresh, full" in capsys.readouterr().err
+    assert "--init: expected trained, auto, meta, fresh, full" in capsys.readouterr().err
 
 
 def test_meta_train_needs_adapters(tiny_bert, data_dir, capsys):
@@ -449,10 +449,11 @@ def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_be
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     spec = data_dir / "specs" / "toy_sent.yaml"
 
-    kept = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)  # 20 steps barely move it: ties, kept
+    # Unscaled, as trained: 20 steps barely move it from a fresh adapter, so the two tie and it is kept.
+    kept = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="auto", init_scale=1.0)
     assert kept.init == "auto" and [s.init for s in kept.seeds] == ["toy_ner", "toy_ner"], [s.selection for s in kept.seeds]
     assert all(set(s.selection) == {"toy_ner", "fresh"} for s in kept.seeds)
-    alone = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="toy_ner")
+    alone = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="toy_ner", init_scale=1.0)
     assert [s.metrics for s in kept.seeds] == [s.metrics for s in alone.seeds]
 
     # Where the fresh adapter cross-validates better, it is chosen, and it trains as init
@@ -461,8 +462,51 @@ def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_be
 
     scores = iter([0.4, 0.4, 0.9, 0.9] * 2)  # per seed: the trained group's two folds, then fresh's
     monkeypatch.setattr(adapt_module, "_support_score", lambda *a: next(scores))
-    fell_back = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2)
+    fell_back = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="auto")
     assert [s.init for s in fell_back.seeds] == ["fresh", "fresh"]
     assert fell_back.seeds[0].selection == {"toy_ner": 0.4, "fresh": 0.9} and "(fresh 2)" in fell_back.headline()
     fresh = nlp_mtl.adapt(data_dir / "run", spec, shots=4, seeds=2, init="fresh")
     assert [s.metrics for s in fell_back.seeds] == [s.metrics for s in fresh.seeds]
+
+
+def test_adapt_init_scale_starts_from_the_trained_adapter_shrunk_toward_the_encoder(tiny_bert, data_dir, monkeypatch,
+                                                                                    capsys):
+    import nlp_mtl
+    import nlp_mtl.fewshot.adapt as adapt_module
+    from nlp_mtl.errors import UserError
+    from nlp_mtl.model import MultiTaskModel
+
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=20)
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
+    config.write_text(yaml.safe_dump(raw))
+    nlp_mtl.train(config, data_dir / "run", quiet=True)
+    trained = MultiTaskModel.from_pretrained(data_dir / "run").adapters["toy_ner"].state_dict()
+    assert any(float(v.abs().sum()) > 0 for k, v in trained.items() if k.endswith("lora_B"))
+    spec = data_dir / "specs" / "toy_sent.yaml"
+
+    starts = []
+    real_fine_tune = adapt_module._fine_tune
+
+    def record_start(model, task, *args):
+        starts.append({k: v.clone() for k, v in model.adapters[task.name].state_dict().items()})
+        return real_fine_tune(model, task, *args)
+
+    monkeypatch.setattr(adapt_module, "_fine_tune", record_start)
+    # The default: the run's only adapter group, a quarter of the way from the bare encoder.
+    summary = nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1)
+    (start,) = starts
+    for key, value in trained.items():
+        torch.testing.assert_close(start[key], value * 0.25 if key.endswith("lora_B") else value)
+    assert summary.init == "toy_ner" and summary.init_scale == 0.25 and "init toy_ner x0.25:" in summary.headline()
+    assert summary.to_json()["init_scale"] == 0.25
+    unscaled = nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init="toy_ner", init_scale=1.0)
+    for key, value in trained.items():
+        torch.testing.assert_close(starts[1][key], value)
+    assert "x1" not in unscaled.headline()
+    assert nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init="fresh").init_scale is None  # nothing to scale
+
+    with pytest.raises(UserError, match=r"--init-scale: expected a factor in \[0, 1\], got 1.5"):
+        nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init_scale=1.5)
+    assert main(["adapt", str(data_dir / "run"), "--task", str(spec), "--init-scale", "-1"]) == 2
+    assert "expected a factor in [0, 1], got -1" in capsys.readouterr().err

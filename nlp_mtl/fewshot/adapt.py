@@ -5,6 +5,8 @@ new task's train split; a new adapter starts from the chosen initialisation, the
 the support set's class prototypes; both are fine-tuned on the support set and scored on the
 whole test split. Inits:
 
+    trained  (default) the run's meta-learned adapter (else its only adapter group; with
+             none, a fresh one), its delta scaled by ``init_scale`` (below)
     auto     the run's meta-learned adapter (else its only adapter group), unless a fresh
              adapter does better in 2-fold cross-validation on the support set: per seed,
              each candidate is adapted on one half with the same recipe and scored on the
@@ -17,6 +19,13 @@ whole test split. Inits:
     GROUP    any adapter group of the run, e.g. a shared adapter from multi-task training
     fresh    a new adapter (the adapter type's own initialisation) on the run's encoder
     full     no adapter: the whole encoder is fine-tuned (the baseline adapters must beat)
+
+``init_scale`` (``--init-scale``, default 0.25) starts a trained adapter from its delta times
+that factor: the point that far along the straight line from the pretrained encoder (0) to the
+trained adapter (1), as WiSE-FT interpolates weights. A trained adapter bends the features
+toward its training tasks; a quarter of it keeps most of the pretrained features a distant task
+needs and still starts in the trained direction. In the few-shot bench it lifted POS tagging by
+15 macro F1 at K=8 and cost chunking 2-4 (README, few-shot). Fresh and full inits ignore it.
 """
 
 from __future__ import annotations
@@ -51,8 +60,11 @@ DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 class AdaptSettings:
     shots: int = 16
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    # 'auto': the run's 'meta' adapter (else its only adapter group) or fresh, chosen per seed.
-    init: str = "auto"
+    # 'trained': the run's 'meta' adapter (else its only adapter group); 'auto': that or fresh,
+    # chosen per seed.
+    init: str = "trained"
+    # A trained init starts from its delta times this (1: as trained, 0: the bare encoder).
+    init_scale: float = 0.25
     epochs: int = 10
     max_steps: int = 150
     batch_size: int = 16
@@ -71,12 +83,14 @@ def fewshot_metric(task: PreparedTask) -> str:
 def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
     """The candidate initialisations ``init`` stands for (one, except for 'auto')."""
     groups = list(model.adapters)
-    if init == "auto":
+    if init in ("trained", "auto"):
         trained = META_GROUP if META_GROUP in groups else (groups[0] if len(groups) == 1 else None)
-        return (trained, "fresh") if trained else ("fresh",)
+        if trained is None:
+            return ("fresh",)
+        return (trained, "fresh") if init == "auto" else (trained,)
     if init in ("fresh", "full") or init in groups:
         return (init,)
-    raise UserError(f"--init: expected meta, fresh, full or an adapter group of this run "
+    raise UserError(f"--init: expected trained, auto, meta, fresh, full or an adapter group of this run "
                     f"({', '.join(groups) or 'it has none'}), got '{init}'.")
 
 
@@ -118,11 +132,14 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
     return torch.cat(feats), torch.cat(labels)
 
 
-def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, device: torch.device) -> None:
+def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, device: torch.device,
+           init_scale: float = 1.0) -> None:
     """A new head for the task and, unless ``init`` is 'full', a new adapter group (fresh, or a
-    copy of ``init``)."""
+    copy of ``init`` with its delta times ``init_scale``)."""
     if init != "full":
-        model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+        group = model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+        if init != "fresh" and init_scale != 1.0:
+            group.scale_(init_scale)
     model.add_task(info)
     model.heads[task.name].to(device)
 
@@ -192,7 +209,7 @@ def choose_init(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, c
         folds = []
         for train_half, held_out in (halves, halves[::-1]):
             torch.manual_seed(seed)
-            _start(model, task, info, init, device)
+            _start(model, task, info, init, device, settings.init_scale)
             _fine_tune(model, task, train_half, settings, seed, False, pad_id, device)
             folds.append(_support_score(model, task, held_out, fewshot_metric(task), pad_id, device))
         scores[init] = float(np.mean(folds))
@@ -218,7 +235,7 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
         if len(candidates) > 1:
             init, selection = choose_init(model, task, info, candidates, indices, seed, settings, pad_id, device)
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
-    _start(model, task, info, init, device)
+    _start(model, task, info, init, device, settings.init_scale)
     steps = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
     return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection)
@@ -235,15 +252,18 @@ class AdaptSummary:
     mean: dict[str, float]
     std: dict[str, float]
     seconds: float
+    init_scale: float | None = None  # None: no trained adapter to scale (fresh, full)
 
     def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "source": self.source, "init": self.init, "shots": self.shots,
+        return {"task": self.task, "source": self.source, "init": self.init, "init_scale": self.init_scale,
+                "shots": self.shots,
                 "metric": self.metric, "mean": self.mean, "std": self.std, "seconds": round(self.seconds, 1),
                 "seeds": [{k: v for k, v in asdict(s).items() if k != "report"} for s in self.seeds]}
 
     def headline(self) -> str:
         m = self.metric
-        return (f"{self.task}, {self.shots}-shot, init {self.init}{self.choices()}: {m} {100 * self.mean[m]:.2f} ± "
+        scale = f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else ""
+        return (f"{self.task}, {self.shots}-shot, init {self.init}{scale}{self.choices()}: {m} {100 * self.mean[m]:.2f} ± "
                 f"{100 * self.std[m]:.2f} over {len(self.seeds)} seeds")
 
     def choices(self) -> str:
@@ -266,6 +286,9 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     model = prepare_model(model)
     candidates = resolve_init(model, settings.init)
     init = "auto" if len(candidates) > 1 else candidates[0]
+    if not 0 <= settings.init_scale <= 1:
+        raise UserError(f"--init-scale: expected a factor in [0, 1], got {settings.init_scale:g}.")
+    scaled = any(c not in ("fresh", "full") for c in candidates)
     if task.name in model.tasks or task.name in model.adapters:
         raise UserError(f"task '{task.name}' is already in {source or 'this model'}; adapt is for a new task "
                         "(give the spec another name).")
@@ -293,7 +316,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
     std = {k: float(np.std([r.metrics[k] for r in results])) for k in keys}
     return AdaptSummary(task.name, source, init, settings.shots, fewshot_metric(task), results, mean, std,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, settings.init_scale if scaled else None)
 
 
 def load_new_task(spec: TaskSpec, root: Path, tokenizer: Any, test_limit: int | None = None) -> PreparedTask:

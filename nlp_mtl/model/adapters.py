@@ -15,7 +15,8 @@ one before each encoder pass.
 
 A new adapter type is one class with ``@ADAPTERS.register("name")``: an ``Options`` dataclass,
 its default target modules per encoder family, and ``build(linear, options)`` returning the
-delta module.
+delta module, which has ``scale_(factor)`` (few-shot ``adapt --init-scale`` shrinks a trained
+adapter toward the pretrained encoder with it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..registry import ADAPTERS
 from ..schema import from_mapping
 
@@ -106,6 +107,11 @@ class LoraDelta(nn.Module):
         """What folding this adapter into the base weight adds to it (for export)."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
+    @torch.no_grad()
+    def scale_(self, factor: float) -> None:
+        """Multiply what the adapter adds by ``factor`` (B is the last factor of B A x)."""
+        self.lora_B.mul_(factor)
+
 
 @ADAPTERS.register("lora")
 class Lora(AdapterType):
@@ -149,6 +155,12 @@ class BottleneckDelta(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.up(self.dropout(self.act(self.down(out))))
+
+    @torch.no_grad()
+    def scale_(self, factor: float) -> None:
+        """Multiply what the adapter adds by ``factor`` (``up`` is its last, affine, map)."""
+        self.up.weight.mul_(factor)
+        self.up.bias.mul_(factor)
 
 
 @ADAPTERS.register("houlsby")
@@ -205,6 +217,14 @@ class AdapterSet(nn.Module):
         kind = ADAPTERS.get(adapter_type)
         modules = dict(encoder.named_modules())
         self.deltas = nn.ModuleDict({module_key(name): kind.build(modules[name], options) for name in targets})
+
+    def scale_(self, factor: float) -> None:
+        """Scale every delta by ``factor``: 1 keeps the adapter, 0 gives the bare encoder, and
+        in between lies the straight line from the pretrained encoder to the adapted one."""
+        for delta in self.deltas.values():
+            if not hasattr(delta, "scale_"):
+                raise UserError(f"adapter type {type(delta).__name__} cannot scale its delta (it has no scale_ method).")
+            delta.scale_(factor)
 
 
 class AdapterHooks:
