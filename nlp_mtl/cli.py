@@ -317,9 +317,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
                                on_seed=show, device=_device())
     print(summary.headline())
-    scale = f"x{summary.init_scale:g}" if summary.init_scale not in (None, 1.0) else ""
     output = Path(args.output) if args.output else \
-        run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.init}{scale}.json"
+        run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"
     write_summary(summary, output)
     print(f"summary written to {output}")
     if args.save:

@@ -11,7 +11,7 @@ from each of:
   (b) mtl     the shared adapter from (1)
   (c) meta    the meta-learned initialisation from (2)
   (d) full    full fine-tuning of the encoder (no adapter)
-  (e) auto    `adapt`'s default: per seed, (c) or (a), whichever adapts better in 2-fold
+  (e) auto    `adapt --init auto`: per seed, (c) or (a), whichever adapts better in 2-fold
               cross-validation on the support set
 (b), (c) and (e) start from their trained adapter's delta times --init-scale (default 0.25,
 as `adapt`); such rows are labelled e.g. "meta x0.25" (1 gives the unscaled rows).
@@ -102,18 +102,17 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     for init in args.inits:
         source, group = sources[init]
-        scale = args.init_scale if init in ("mtl", "meta", "auto") else 1.0
-        label = init if scale == 1.0 else f"{init} x{scale:g}"
         model = MultiTaskModel.from_pretrained(source)
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
-                                         init_scale=scale, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
+                                         init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
                 summary = few_shot_adapt(model, task, settings, source=str(source))
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
                 values = [s.metrics[summary.metric] for s in summary.seeds]
+                label = init + summary.label[len(summary.init):]  # the bench's name plus adapt's scale suffix
                 row = {"split": split, "task": task_name, "shots": shots, "init": label, "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
                        "seconds": round(summary.seconds, 1)}

@@ -15,6 +15,7 @@ from nlp_mtl.data.disk_store import encode_to_disk
 from nlp_mtl.data.encoding import EncodedSplit, Ragged
 from nlp_mtl.data.loading import StreamedRows, load_task_data
 from nlp_mtl.errors import ConfigError, DataError
+from nlp_mtl.fileio import current_umask
 from nlp_mtl.registry import TASK_TYPES
 
 from .conftest import write_experiment
@@ -110,7 +111,7 @@ def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refuse
     second = write_split([encoded], target, "abc")
     _same(first, second)
     assert [p.name for p in target.parent.iterdir()] == ["toy_ner-abc"]
-    assert oct(target.stat().st_mode & 0o777) != oct(0o700)  # published like a plain mkdir, not private
+    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # published like a plain mkdir, not private
     with pytest.raises(DataError, match="changed while this run was reading it"):
         write_split([encoded], tmp_path / "cache" / "toy_ner-def", "def", expected=len(encoded) + 1, source="x.txt")
     assert [p.name for p in target.parent.iterdir()] == ["toy_ner-abc"]

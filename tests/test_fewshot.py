@@ -510,3 +510,17 @@ def test_adapt_init_scale_starts_from_the_trained_adapter_shrunk_toward_the_enco
         nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init_scale=1.5)
     assert main(["adapt", str(data_dir / "run"), "--task", str(spec), "--init-scale", "-1"]) == 2
     assert "expected a factor in [0, 1], got -1" in capsys.readouterr().err
+
+
+def test_init_trained_needs_one_adapter_to_start_from():
+    from types import SimpleNamespace
+
+    from nlp_mtl.errors import UserError
+    from nlp_mtl.fewshot.adapt import resolve_init
+
+    assert resolve_init(SimpleNamespace(adapters={"ner": 0, "meta": 0}), "trained") == ("meta",)
+    assert resolve_init(SimpleNamespace(adapters={"ner": 0}), "trained") == ("ner",)
+    assert resolve_init(SimpleNamespace(adapters={}), "trained") == ("fresh",)
+    assert resolve_init(SimpleNamespace(adapters={"ner": 0, "pos": 0}), "auto") == ("fresh",)
+    with pytest.raises(UserError, match=r"several adapter groups \(ner, pos\) and no 'meta' one"):
+        resolve_init(SimpleNamespace(adapters={"ner": 0, "pos": 0}), "trained")

@@ -25,7 +25,7 @@ that factor: the point that far along the straight line from the pretrained enco
 trained adapter (1), as WiSE-FT interpolates weights. A trained adapter bends the features
 toward its training tasks; a quarter of it keeps most of the pretrained features a distant task
 needs and still starts in the trained direction. In the few-shot bench it lifted POS tagging by
-15 macro F1 at K=8 and cost chunking 2-4 (README, few-shot). Fresh and full inits ignore it.
+14 macro F1 at K=8 and cost chunking 2-4 (README, few-shot). Fresh and full inits ignore it.
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ class AdaptSettings:
     encoder_lr: float = 5e-5    # init 'full' only
     eval_batch_size: int = 128
 
+    def __post_init__(self) -> None:
+        # Checked here, before a run or its data is loaded.
+        if not 0 <= self.init_scale <= 1:
+            raise UserError(f"--init-scale: expected a factor in [0, 1], got {self.init_scale:g}.")
+
 
 def fewshot_metric(task: PreparedTask) -> str:
     """Entity F1 for IOB tagging, macro F1 otherwise (plain tags, sequence classes)."""
@@ -85,7 +90,10 @@ def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
     groups = list(model.adapters)
     if init in ("trained", "auto"):
         trained = META_GROUP if META_GROUP in groups else (groups[0] if len(groups) == 1 else None)
-        if trained is None:
+        if trained is None and init == "trained" and groups:
+            raise UserError(f"--init trained: this run has several adapter groups ({', '.join(groups)}) and no "
+                            "'meta' one; name the group to start from with --init GROUP.")
+        if trained is None:  # no trained adapter at all: a fresh one is all there is
             return ("fresh",)
         return (trained, "fresh") if init == "auto" else (trained,)
     if init in ("fresh", "full") or init in groups:
@@ -133,12 +141,12 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
 
 
 def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, device: torch.device,
-           init_scale: float = 1.0) -> None:
+           init_scale: float) -> None:
     """A new head for the task and, unless ``init`` is 'full', a new adapter group (fresh, or a
     copy of ``init`` with its delta times ``init_scale``)."""
     if init != "full":
         group = model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
-        if init != "fresh" and init_scale != 1.0:
+        if init != "fresh":
             group.scale_(init_scale)
     model.add_task(info)
     model.heads[task.name].to(device)
@@ -260,10 +268,14 @@ class AdaptSummary:
                 "metric": self.metric, "mean": self.mean, "std": self.std, "seconds": round(self.seconds, 1),
                 "seeds": [{k: v for k, v in asdict(s).items() if k != "report"} for s in self.seeds]}
 
+    @property
+    def label(self) -> str:
+        """The init with its scale where one applied and is not 1: 'meta x0.25', 'fresh'."""
+        return self.init + (f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else "")
+
     def headline(self) -> str:
         m = self.metric
-        scale = f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else ""
-        return (f"{self.task}, {self.shots}-shot, init {self.init}{scale}{self.choices()}: {m} {100 * self.mean[m]:.2f} ± "
+        return (f"{self.task}, {self.shots}-shot, init {self.label}{self.choices()}: {m} {100 * self.mean[m]:.2f} ± "
                 f"{100 * self.std[m]:.2f} over {len(self.seeds)} seeds")
 
     def choices(self) -> str:
@@ -286,8 +298,6 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     model = prepare_model(model)
     candidates = resolve_init(model, settings.init)
     init = "auto" if len(candidates) > 1 else candidates[0]
-    if not 0 <= settings.init_scale <= 1:
-        raise UserError(f"--init-scale: expected a factor in [0, 1], got {settings.init_scale:g}.")
     scaled = any(c not in ("fresh", "full") for c in candidates)
     if task.name in model.tasks or task.name in model.adapters:
         raise UserError(f"task '{task.name}' is already in {source or 'this model'}; adapt is for a new task "

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..registry import ADAPTERS
 from ..schema import from_mapping
 
@@ -222,8 +222,6 @@ class AdapterSet(nn.Module):
         """Scale every delta by ``factor``: 1 keeps the adapter, 0 gives the bare encoder, and
         in between lies the straight line from the pretrained encoder to the adapted one."""
         for delta in self.deltas.values():
-            if not hasattr(delta, "scale_"):
-                raise UserError(f"adapter type {type(delta).__name__} cannot scale its delta (it has no scale_ method).")
             delta.scale_(factor)
 
 
