@@ -69,9 +69,9 @@ def meta_train(config: str | Path | ExperimentConfig, output_dir: str | Path | N
     return _meta_train(config, run, quiet=quiet, overwrite=overwrite)
 
 
-def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, seeds: int = 5, init: str = "trained",
+def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, seeds: int = 5, init: str = "auto",
           data_root: str | Path | None = None, test_limit: int | None = None, quiet: bool = True,
-          init_scale: float = 0.25) -> Any:
+          init_scale: float = 0.5) -> Any:
     """Few-shot adaptation to a new task, once per seed (1..seeds); returns an ``AdaptSummary``
     with every seed's metrics and report, and their mean and std. ``init_scale`` starts a
     trained adapter from its delta times that factor (``adapt --init-scale``)."""

@@ -94,12 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="spec file (or built-in name) of the new task")
     p.add_argument("--shots", type=_positive_int, default=16, help="examples per class (token tasks: per entity/tag type)")
     p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (1..N), each a new sample")
-    p.add_argument("--init", default="trained",
-                   help="trained, auto, meta, fresh, full, or an adapter group of the run. trained (default): "
-                        "the run's meta adapter (else its only group). auto: per seed, that or a fresh adapter, "
-                        "whichever scores better in 2-fold cross-validation on the support set")
-    p.add_argument("--init-scale", type=float, default=0.25, metavar="F",
-                   help="start a trained adapter from its delta times F, in [0, 1] (default 0.25): 1 as trained, "
+    p.add_argument("--init", default="auto",
+                   help="auto, trained, meta, fresh, full, or an adapter group of the run. auto (default): per seed, "
+                        "the run's meta adapter (else its only group) or a fresh adapter, whichever scores better "
+                        "in 2-fold cross-validation on the support set. trained: the former, without choosing")
+    p.add_argument("--init-scale", type=float, default=0.5, metavar="F",
+                   help="start a trained adapter from its delta times F, in [0, 1] (default 0.5): 1 as trained, "
                         "smaller keeps more of the pretrained encoder's features (README, few-shot)")
     p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
     p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")

@@ -230,10 +230,10 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     # A new task: the sentiment data under another name, so it is not one the run has.
     spec = (data_dir / "specs" / "toy_sent_csv.yaml")
     summary_path = data_dir / "adapt.json"
-    assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10", "--init", "auto",
+    assert main(["adapt", str(run), "--task", str(spec), "--shots", "4", "--seeds", "3", "--max-steps", "10",
                  "--output", str(summary_path), "--save", str(data_dir / "adapted")]) == 0
     out = capsys.readouterr().out
-    assert out.count("=== seed") == 3 and "precision" in out and "init auto x0.25 (" in out and "±" in out
+    assert out.count("=== seed") == 3 and "precision" in out and "init auto x0.5 (" in out and "±" in out
     summary = json.loads(summary_path.read_text())
     assert summary["init"] == "auto" and summary["shots"] == 4 and len(summary["seeds"]) == 3
     assert {s["init"] for s in summary["seeds"]} <= {"meta", "fresh"} and all(s["selection"] for s in summary["seeds"])
@@ -493,13 +493,13 @@ def test_adapt_init_scale_starts_from_the_trained_adapter_shrunk_toward_the_enco
         return real_fine_tune(model, task, *args)
 
     monkeypatch.setattr(adapt_module, "_fine_tune", record_start)
-    # The default: the run's only adapter group, a quarter of the way from the bare encoder.
-    summary = nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1)
+    # 'trained' with the default scale: the run's only adapter group, half way from the bare encoder.
+    summary = nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init="trained")
     (start,) = starts
     for key, value in trained.items():
-        torch.testing.assert_close(start[key], value * 0.25 if key.endswith("lora_B") else value)
-    assert summary.init == "toy_ner" and summary.init_scale == 0.25 and "init toy_ner x0.25:" in summary.headline()
-    assert summary.to_json()["init_scale"] == 0.25
+        torch.testing.assert_close(start[key], value * 0.5 if key.endswith("lora_B") else value)
+    assert summary.init == "toy_ner" and summary.init_scale == 0.5 and "init toy_ner x0.5:" in summary.headline()
+    assert summary.to_json()["init_scale"] == 0.5
     unscaled = nlp_mtl.adapt(data_dir / "run", spec, shots=2, seeds=1, init="toy_ner", init_scale=1.0)
     for key, value in trained.items():
         torch.testing.assert_close(starts[1][key], value)
@@ -512,7 +512,7 @@ def test_adapt_init_scale_starts_from_the_trained_adapter_shrunk_toward_the_enco
     assert "expected a factor in [0, 1], got -1" in capsys.readouterr().err
 
 
-def test_init_trained_needs_one_adapter_to_start_from():
+def test_trained_and_auto_inits_need_one_adapter_to_start_from():
     from types import SimpleNamespace
 
     from nlp_mtl.errors import UserError
@@ -521,6 +521,26 @@ def test_init_trained_needs_one_adapter_to_start_from():
     assert resolve_init(SimpleNamespace(adapters={"ner": 0, "meta": 0}), "trained") == ("meta",)
     assert resolve_init(SimpleNamespace(adapters={"ner": 0}), "trained") == ("ner",)
     assert resolve_init(SimpleNamespace(adapters={}), "trained") == ("fresh",)
-    assert resolve_init(SimpleNamespace(adapters={"ner": 0, "pos": 0}), "auto") == ("fresh",)
-    with pytest.raises(UserError, match=r"several adapter groups \(ner, pos\) and no 'meta' one"):
-        resolve_init(SimpleNamespace(adapters={"ner": 0, "pos": 0}), "trained")
+    assert resolve_init(SimpleNamespace(adapters={"ner": 0, "meta": 0}), "auto") == ("meta", "fresh")
+    assert resolve_init(SimpleNamespace(adapters={}), "auto") == ("fresh",)
+    for init in ("trained", "auto"):
+        with pytest.raises(UserError, match=rf"--init {init}: this run has several adapter groups \(ner, pos\) and no 'meta'"):
+            resolve_init(SimpleNamespace(adapters={"ner": 0, "pos": 0}), init)
+
+
+def test_adapt_defaults_agree_across_cli_python_api_and_settings():
+    """Three front doors to one recipe: a default changed in one place must change in all."""
+    import inspect
+
+    import nlp_mtl
+    from nlp_mtl.cli import _parser
+    from nlp_mtl.fewshot.adapt import AdaptSettings
+
+    settings = AdaptSettings()
+    cli = _parser().parse_args(["adapt", "RUN", "--task", "T"])
+    for name in ("shots", "init", "init_scale", "epochs", "max_steps", "lr"):
+        assert getattr(cli, name) == getattr(settings, name), name
+    api = inspect.signature(nlp_mtl.adapt).parameters
+    for name in ("shots", "init", "init_scale"):
+        assert api[name].default == getattr(settings, name), name
+    assert (cli.init, cli.init_scale) == ("auto", 0.5)

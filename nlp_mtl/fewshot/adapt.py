@@ -5,27 +5,29 @@ new task's train split; a new adapter starts from the chosen initialisation, the
 the support set's class prototypes; both are fine-tuned on the support set and scored on the
 whole test split. Inits:
 
-    trained  (default) the run's meta-learned adapter (else its only adapter group; with
-             none, a fresh one), its delta scaled by ``init_scale`` (below)
-    auto     the run's meta-learned adapter (else its only adapter group), unless a fresh
-             adapter does better in 2-fold cross-validation on the support set: per seed,
-             each candidate is adapted on one half with the same recipe and scored on the
-             other with the few-shot metric, both ways; the higher mean wins, a tie keeps the
-             trained one. A trained adapter can bend the encoder's features away from what a
-             new task needs; on POS tagging a fresh adapter beat both trained ones (README,
-             few-shot table), and this is how adapt notices. Cost: about two more
-             adaptations' worth of training per seed, no extra test-set passes.
+    auto     (default) the run's meta-learned adapter (else its only adapter group), scaled
+             by ``init_scale`` (below), unless a fresh adapter does better in 2-fold
+             cross-validation on the support set: per seed, each candidate is adapted on one
+             half with the same recipe and scored on the other with the few-shot metric, both
+             ways; the higher mean wins, a tie keeps the trained one. A trained adapter can
+             bend the encoder's features away from what a new task needs (POS tagging after
+             NER, sentiment after tagging: README, few-shot table), and this is how adapt
+             notices. Cost: about two more adaptations' worth of training per seed, no extra
+             test-set passes. With no trained adapter in the run, a fresh one.
+    trained  the run's meta-learned adapter (else its only adapter group; with none, a fresh
+             one), scaled by ``init_scale``, with no cross-validation
     meta     the run's meta-learned adapter (``nlp-mtl meta-train``)
     GROUP    any adapter group of the run, e.g. a shared adapter from multi-task training
     fresh    a new adapter (the adapter type's own initialisation) on the run's encoder
     full     no adapter: the whole encoder is fine-tuned (the baseline adapters must beat)
 
-``init_scale`` (``--init-scale``, default 0.25) starts a trained adapter from its delta times
+``init_scale`` (``--init-scale``, default 0.5) starts a trained adapter from its delta times
 that factor: the point that far along the straight line from the pretrained encoder (0) to the
 trained adapter (1), as WiSE-FT interpolates weights. A trained adapter bends the features
-toward its training tasks; a quarter of it keeps most of the pretrained features a distant task
-needs and still starts in the trained direction. In the few-shot bench it lifted POS tagging by
-14 macro F1 at K=8 and cost chunking 2-4 (README, few-shot). Fresh and full inits ignore it.
+toward its training tasks; half of it keeps more of the pretrained features a distant task
+needs and still starts in the trained direction. Over the few-shot bench's held-out tasks,
+half beat both a quarter and the whole adapter at K=8 and 16 (README, few-shot). Fresh and
+full inits ignore it.
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 class AdaptSettings:
     shots: int = 16
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    # 'trained': the run's 'meta' adapter (else its only adapter group); 'auto': that or fresh,
-    # chosen per seed.
-    init: str = "trained"
+    # 'auto': the run's 'meta' adapter (else its only adapter group) or a fresh one, chosen per
+    # seed by cross-validation on the support set; 'trained': the former without choosing.
+    init: str = "auto"
     # A trained init starts from its delta times this (1: as trained, 0: the bare encoder).
-    init_scale: float = 0.25
+    init_scale: float = 0.5
     epochs: int = 10
     max_steps: int = 150
     batch_size: int = 16
@@ -90,9 +92,9 @@ def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
     groups = list(model.adapters)
     if init in ("trained", "auto"):
         trained = META_GROUP if META_GROUP in groups else (groups[0] if len(groups) == 1 else None)
-        if trained is None and init == "trained" and groups:
-            raise UserError(f"--init trained: this run has several adapter groups ({', '.join(groups)}) and no "
-                            "'meta' one; name the group to start from with --init GROUP.")
+        if trained is None and groups:
+            raise UserError(f"--init {init}: this run has several adapter groups ({', '.join(groups)}) and no "
+                            "'meta' one; name the group to start from with --init GROUP, or pass --init fresh.")
         if trained is None:  # no trained adapter at all: a fresh one is all there is
             return ("fresh",)
         return (trained, "fresh") if init == "auto" else (trained,)
@@ -270,7 +272,7 @@ class AdaptSummary:
 
     @property
     def label(self) -> str:
-        """The init with its scale where one applied and is not 1: 'meta x0.25', 'fresh'."""
+        """The init with its scale where one applied and is not 1: 'meta x0.5', 'fresh'."""
         return self.init + (f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else "")
 
     def headline(self) -> str:
