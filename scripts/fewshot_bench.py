@@ -20,7 +20,8 @@ rate) is the same for (a)-(c) and (e), and by default it is `nlp-mtl adapt`'s ow
 step cap, batch size), scored on the whole test split unless --test-limit. Scores: entity F1
 for IOB tagging (chunking, NER), macro F1 otherwise (POS tags, question types, sentiment).
 The table goes to stdout and --out (JSON). On a GPU (--device, default cuda when there is one)
-the three splits take about 20 minutes; on 2 CPU cores, hours.
+the three splits take tens of minutes (faster run as one process per split and init); on 2
+CPU cores, many hours.
 
     python scripts/fewshot_bench.py --split syntax_sst2 --shots 8 16 --inits fresh mtl meta auto --out fewshot.json
 """
@@ -157,6 +158,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from nlp_mtl.errors import UserError
     from nlp_mtl.fewshot.adapt import AdaptSettings
 
     defaults = AdaptSettings()
@@ -186,10 +188,15 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/fewshot_bench", help="runs are kept here and reused")
     parser.add_argument("--data-root")
     parser.add_argument("--out", help="write rows and settings as JSON")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where adaptation runs (training stages pick theirs as nlp-mtl train does)")
+    parser.add_argument("--device", help="where adaptation runs (default: cuda when there is one; training stages "
+                             "pick theirs as nlp-mtl train does)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    try:  # a bad value fails now, not after the training stages
+        AdaptSettings(init_scale=args.init_scale)
+    except UserError as error:
+        parser.error(str(error))
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     rows = []
     for split in args.split or sorted(SPLITS):

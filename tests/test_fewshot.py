@@ -543,4 +543,5 @@ def test_adapt_defaults_agree_across_cli_python_api_and_settings():
     api = inspect.signature(nlp_mtl.adapt).parameters
     for name in ("shots", "init", "init_scale"):
         assert api[name].default == getattr(settings, name), name
+    assert tuple(range(1, cli.seeds + 1)) == tuple(range(1, api["seeds"].default + 1)) == settings.seeds
     assert (cli.init, cli.init_scale) == ("auto", 0.5)
