@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .devices import default_device
 from .errors import UserError
 
 EXAMPLES = {
@@ -132,12 +133,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _data_root_override(value: str | None) -> list[str]:
     return [f"data.root={Path(value).resolve()}"] if value else []
 
@@ -184,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data_root:
         root = Path(args.data_root).resolve()
     datas = load_all(specs, root, config.data.limit, config.data.storage, cache_dir(config))
-    model = MultiTaskModel.from_pretrained(run.path, device=_device())
+    model = MultiTaskModel.from_pretrained(run.path, device=default_device())
     for data in datas:
         # Label ids are the model's, whatever the data on disk says now.
         saved = model.tasks[data.spec.name].labels
@@ -197,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not tasks:
         raise UserError(f"{run.path}: no task has a {args.split} split.")
     reports = evaluate_tasks(model, tasks, args.split, args.batch_size, model.tokenizer.pad_token_id or 0,
-                             torch.device(_device()), quiet=args.quiet)
+                             torch.device(default_device()), quiet=args.quiet)
     for report in reports.values():
         print(format_report(report))
     print(write_reports(run.path, reports, args.split, {t.name: t.metric for t in tasks}))
@@ -232,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             inputs.append(obj)
     if not inputs:
         raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
-    model = MultiTaskModel.from_pretrained(args.run_dir, device=_device())
+    model = MultiTaskModel.from_pretrained(args.run_dir, device=default_device())
     if args.add_task:
         from .model.task_package import load_task_package
 
@@ -315,7 +310,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
               f"per class {result.per_class}\n{result.report}")
 
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
-                               on_seed=show, device=_device())
+                               on_seed=show, device=default_device())
     print(summary.headline())
     output = Path(args.output) if args.output else \
         run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"

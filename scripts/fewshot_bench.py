@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,8 +117,9 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
                 values = [s.metrics[summary.metric] for s in summary.seeds]
-                label = init + summary.label[len(summary.init):]  # the bench's name plus adapt's scale suffix
-                row = {"split": split, "task": task_name, "shots": shots, "init": label, "metric": summary.metric,
+                label = init + summary.scale_suffix  # the bench's name for the init, adapt's for the scale
+                row = {"split": split, "task": task_name, "shots": shots, "init": label, "init_scale": summary.init_scale,
+                       "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
                        "seconds": round(summary.seconds, 1)}
                 if init == "auto":
@@ -134,9 +134,14 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict]) -> str:
     names = {"fresh": "fresh adapter (a)", "mtl": "MTL adapter (b)", "meta": "meta-learned (c)", "full": "full FT (d)",
              "auto": "auto: (c) or (a) (e)"}
-    present = {r["init"] for r in rows}
-    labels = [i for i in INITS if i in present] + sorted(present - set(INITS))  # scaled inits last
-    lines = ["| split | held-out task | metric | K | " + " | ".join(names.get(i, i) for i in labels) + " |",
+    present = {r["init"] for r in rows}  # e.g. 'meta x0.5': the bench's init, then adapt's scale suffix
+    labels = sorted(present, key=lambda label: (INITS.index(label.split(" ")[0]), label))
+
+    def name(label: str) -> str:
+        base, _, scale = label.partition(" ")
+        return names[base] + (f" {scale}" if scale else "")
+
+    lines = ["| split | held-out task | metric | K | " + " | ".join(name(i) for i in labels) + " |",
              "|---|---|---|---|" + "---|" * len(labels)]
     keys = sorted({(r["split"], r["task"], r["shots"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
     for split, task, shots in keys:
@@ -158,6 +163,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from nlp_mtl.devices import default_device
     from nlp_mtl.errors import UserError
     from nlp_mtl.fewshot.adapt import AdaptSettings
 
@@ -196,7 +202,7 @@ def main() -> None:
         AdaptSettings(init_scale=args.init_scale)
     except UserError as error:
         parser.error(str(error))
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = args.device or default_device()
     started = time.perf_counter()
     rows = []
     for split in args.split or sorted(SPLITS):

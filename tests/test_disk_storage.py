@@ -109,7 +109,8 @@ def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refuse
     first = write_split([encoded], target, "abc")
     # A second writer of the same split (another rank) renames onto a finished folder.
     second = write_split([encoded], target, "abc")
-    _same(first, second)
+    _same(encoded, first)
+    _same(encoded, second)
     assert [p.name for p in target.parent.iterdir()] == ["toy_ner-abc"]
     assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # published like a plain mkdir, not private
     with pytest.raises(DataError, match="changed while this run was reading it"):
@@ -119,7 +120,7 @@ def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refuse
 
 def test_cache_is_reused_and_a_changed_file_is_tokenised_again(data_dir, tokenizer, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    _, disk, _, first = _both(data_dir, "toy_ner", tokenizer, cache)
+    _, disk, in_memory, first = _both(data_dir, "toy_ner", tokenizer, cache)
     spec = disk.spec
     task_type = TASK_TYPES.get(spec.type)
     calls = []
@@ -127,7 +128,7 @@ def test_cache_is_reused_and_a_changed_file_is_tokenised_again(data_dir, tokeniz
     monkeypatch.setattr(type(task_type), "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     again = encode_to_disk(task_type, disk.splits["train"], tokenizer, disk.labels, spec.max_length, cache)
     assert calls == [] and len(list(cache.iterdir())) == 1
-    _same(first, again)
+    _same(in_memory, again)
 
     train = data_dir / "data" / "ner_train.txt"
     train.write_text(train.read_text() + "bob X X B-PER\n\n")

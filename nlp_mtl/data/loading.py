@@ -226,6 +226,7 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
     keep = stream.limit if stream.limit is not None else float("inf")
     counts: Counter = Counter()
     allowed = set(spec.labels) if spec.labels is not None else None
+    declared = list(spec.labels or [])
     n_rows, seen = 0, set()
     for n_rows, row in enumerate(stream.all_rows(), 1):
         if carve is None and n_rows <= keep:
@@ -233,7 +234,7 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
         values = _row_labels(row, roles.token_level)
         counts.update(values)
         if allowed is not None:
-            _check_allowed(spec, row, values, allowed, list(spec.labels or []), source, "the labels declared in the spec")
+            _check_allowed(spec, row, values, allowed, declared, source, "the labels declared in the spec")
     validation: list[Row] = []
     if carve is not None and n_rows:
         held, kept = _held_out(n_rows, carve), 0

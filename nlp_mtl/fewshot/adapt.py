@@ -271,9 +271,14 @@ class AdaptSummary:
                 "seeds": [{k: v for k, v in asdict(s).items() if k != "report"} for s in self.seeds]}
 
     @property
+    def scale_suffix(self) -> str:
+        """' x0.5' where a scale applied and is not 1, else ''."""
+        return f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else ""
+
+    @property
     def label(self) -> str:
-        """The init with its scale where one applied and is not 1: 'meta x0.5', 'fresh'."""
-        return self.init + (f" x{self.init_scale:g}" if self.init_scale not in (None, 1.0) else "")
+        """The init with its scale: 'meta x0.5', 'fresh'."""
+        return self.init + self.scale_suffix
 
     def headline(self) -> str:
         m = self.metric

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..config import ExperimentConfig, MetaConfig
 from ..data.encoding import collate
 from ..data.pipeline import PreparedTask
+from ..devices import default_device
 from ..errors import ConfigError
 from ..model import AdapterSetup, MultiTaskModel
 from ..model.heads import Head
@@ -295,7 +296,7 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     if config.meta.init_group and not config.meta.init_from:
         raise ConfigError(f"{config.source or 'config'}: meta.init_group is set but meta.init_from is not; "
                           "give the run to take that adapter group from.")
-    model = build_meta_model(config, encoder, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_meta_model(config, encoder, tokenizer).to(default_device())
     run.prepare_new()
     tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet)
     run.write_experiment(config, specs)
