@@ -169,6 +169,14 @@ class StreamedRows:
         return {**file_identity(self.path), "held": len(self.held), "limit": self.limit}
 
 
+def has_text_pairs(rows: list[Row] | StreamedRows) -> bool:
+    """Whether a split is sentence-pair data. One pair anywhere makes it so, as encoding treats it
+    (a row without a second segment gets ""), so the head and the encoder cannot disagree."""
+    if isinstance(rows, StreamedRows):
+        return "text_pair" in rows.roles_seen
+    return any("text_pair" in row for row in rows)
+
+
 def file_identity(path: Path) -> dict[str, Any]:
     """Path, size and times. Inode and ctime too: copying tools restore mtime, nothing sets ctime.
     The package version stands for the code that checks and encodes."""

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..config import TaskSpec
 from ..data.encoding import collate
+from ..data.loading import has_text_pairs
 from ..data.pipeline import PreparedTask
 from ..errors import UserError
 from ..evaluation import evaluate_tasks
@@ -312,7 +313,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()} if init == "full" else None
     info = TaskHeadInfo(name=task.name, task_type=task.spec.type, head=task.spec.head.get("type", task.task_type.head),
                         labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
-                        metric=task.metric, pair=any("text_pair" in row for row in task.data.splits["train"][:100]))
+                        metric=task.metric, pair=has_text_pairs(task.data.splits["train"]))
     index = class_index(task)  # one pass over the train split, shared by every seed
     was_training, encoder_trainable = model.training, next(model.encoder.parameters()).requires_grad
     results = []

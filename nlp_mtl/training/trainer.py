@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..backbone import load_backbone, resolve_backbone
 from ..config import AdapterConfig, ExperimentConfig, TaskSpec, cache_dir, data_root, load_tasks
 from ..data.encoding import collate
+from ..data.loading import has_text_pairs
 from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
@@ -63,7 +64,7 @@ def head_infos(tasks: list[PreparedTask], adapters: AdapterConfig | None = None)
             head_options=dict(t.spec.head),
             max_length=t.spec.max_length,
             metric=t.metric,
-            pair=any("text_pair" in row for row in t.data.splits["train"][:100]),
+            pair=has_text_pairs(t.data.splits["train"]),
             adapter=adapters.group_of(t.name) if adapters else None,
         )
         for t in tasks
