@@ -545,3 +545,26 @@ def test_adapt_defaults_agree_across_cli_python_api_and_settings():
         assert api[name].default == getattr(settings, name), name
     assert tuple(range(1, cli.seeds + 1)) == tuple(range(1, api["seeds"].default + 1)) == settings.seeds
     assert (cli.init, cli.init_scale) == ("auto", 0.5)
+
+
+def test_outer_gradient_is_the_mean_over_each_meta_batch_a_short_last_one_included(tiny_bert, data_dir, monkeypatch):
+    import dataclasses
+
+    from nlp_mtl.fewshot import meta
+
+    model, tasks, mc = _meta_setup(tiny_bert, data_dir, "fomaml")
+    mc = dataclasses.replace(mc, episodes=3, meta_batch=2)
+    # Every episode's outer gradient is all ones: each Adam step must then see exactly ones.
+    monkeypatch.setattr(meta, "run_episode", lambda module, init, *a: meta.EpisodeResult(
+        {n: torch.ones_like(p) for n, p in init.items()}, 1.0, 1.0, 0.5, 0.5))
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append({float(p.grad.min()) for group in self.param_groups for p in group["params"]}
+                    | {float(p.grad.max()) for group in self.param_groups for p in group["params"]})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    meta.meta_train_loop(model, tasks, mc, seed=0, quiet=True)
+    assert seen == [{1.0}, {1.0}]

@@ -242,8 +242,11 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
         support = {k: v.to(device) for k, v in batches.support.items()}
         query = {k: v.to(device) for k, v in batches.query.items()}
         result = run_episode(module, init, support, query, batches.num_labels, mc)
+        # The outer gradient is the mean over the meta-batch, a short last one included.
+        batch_start = episode_number - episode_number % mc.meta_batch
+        in_batch = min(mc.meta_batch, mc.episodes - batch_start)
         for name, param in init.items():
-            g = result.grads[name] / mc.meta_batch
+            g = result.grads[name] / in_batch
             param.grad = g if param.grad is None else param.grad + g
         if (episode_number + 1) % mc.meta_batch == 0 or episode_number + 1 == mc.episodes:
             outer.step()
