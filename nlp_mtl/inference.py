@@ -5,13 +5,16 @@ the words are encoded once with ``is_split_into_words``, and that single encodin
 head: token heads read the first sub-token of each word, sequence heads pool the whole input.
 Where the raw text encodes differently from its words (byte-level BPE, SentencePiece: "movie,"
 vs "movie ,"), sequence heads get a second pass on the raw text, as they were trained on it.
-Sentence-pair tasks need a ``text_pair`` and get their own pass.
+Sentence-pair tasks need a ``text_pair`` and get their own pass. Each task sees its input cut at
+its own ``max_length``, as in training; tasks with different lengths share a pass unless an input
+in the batch is longer than the shorter one.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,52 +64,71 @@ class Predictor:
     def _predict_batch(self, inputs: list[str | dict[str, str]]) -> list[dict[str, Any]]:
         texts = [x if isinstance(x, str) else x["text"] for x in inputs]
         split = [split_words(t) for t in texts]
-        max_length = max(t.max_length for t in self.model.tasks.values())
-        with self._tokenizer_lock:
-            enc = self.tokenizer([s.words or [""] for s in split], is_split_into_words=True, truncation=True,
-                                 max_length=max_length, padding=True, return_tensors="pt")
-            word_ids = [enc.word_ids(i) for i in range(len(split))]
-        batch = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        # Sequence tasks were trained on the raw text, token tasks on words. WordPiece encodes both
-        # alike; byte-level BPE and SentencePiece do not ("movie," vs "movie ,"), and then the
-        # sequence tasks get their own pass on the raw text, so they see what training saw.
-        token_tasks = [n for n in self.single_tasks if self.model.tasks[n].task_type == "token_classification"]
-        text_tasks = [n for n in self.single_tasks if n not in token_tasks]
-        text_batch = None
-        if text_tasks:
-            with self._tokenizer_lock:
-                text_enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                                          return_tensors="pt")
-            text_ids, word_ids_tensor = text_enc["input_ids"], enc["input_ids"]
-            if text_ids.shape != word_ids_tensor.shape or not torch.equal(text_ids, word_ids_tensor):
-                text_batch = {k: v.to(self.device) for k, v in text_enc.items() if k in ("input_ids", "attention_mask")}
-        if text_batch is None:
-            logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=self.single_tasks)
-        else:
-            logits = self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=token_tasks)
-            logits.update(self.model.encode_all(text_batch["input_ids"], text_batch["attention_mask"],
-                                                tasks=text_tasks))
+        tasks = self.model.tasks
+        logits: dict[str, torch.Tensor] = {}
+        word_ids: dict[str, list[list[int | None]]] = {}
+        for enc, names, max_length in self._passes(self.single_tasks, lambda n: self._tokenize(
+                [s.words or [""] for s in split], is_split_into_words=True, max_length=n)):
+            on_words = [n for n in names if tasks[n].task_type == "token_classification"]
+            # Sequence tasks were trained on the raw text, token tasks on words. WordPiece encodes
+            # both alike; byte-level BPE and SentencePiece do not ("movie," vs "movie ,"), and then
+            # the sequence tasks get their own pass on the raw text, so they see what training saw.
+            on_text = [n for n in names if n not in on_words]
+            if on_text and not _same_ids(self._tokenize(texts, max_length=max_length), enc):
+                for text_enc, group, _ in self._passes(on_text, lambda n: self._tokenize(texts, max_length=n)):
+                    logits.update(self._run(text_enc, group))
+            else:
+                on_words += on_text
+            logits.update(self._run(enc, on_words))
+            word_ids.update({n: [enc.word_ids(i) for i in range(len(split))] for n in on_words})
         pairs = [x.get("text_pair") if isinstance(x, dict) else None for x in inputs]
         if self.pair_tasks and all(pairs):
-            with self._tokenizer_lock:
-                pair_enc = self.tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True,
-                                          return_tensors="pt")
-            pair_batch = {k: v.to(self.device) for k, v in pair_enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            logits.update(self.model.encode_all(pair_batch.pop("input_ids"), pair_batch.pop("attention_mask"),
-                                                tasks=self.pair_tasks, **pair_batch))
+            for enc, group, _ in self._passes(self.pair_tasks, lambda n: self._tokenize(texts, pairs, max_length=n)):
+                logits.update(self._run(enc, group))
         results: list[dict[str, Any]] = [{"text": t, "tasks": {}} for t in texts]
         for name, task_logits in logits.items():
-            info = self.model.tasks[name]
+            info = tasks[name]
             # Best label and its probability for every position at once: one tensor op per batch,
             # then plain Python lists (per-position tensor indexing cost more than the encoder).
             best_p, best = task_logits.float().softmax(-1).max(-1)
             best_p, best = best_p.cpu().tolist(), best.cpu().tolist()
             for i, words in enumerate(split):
                 if info.task_type == "token_classification":
-                    results[i]["tasks"][name] = self._entities(words, word_ids[i], best_p[i], best[i], info.labels)
+                    results[i]["tasks"][name] = self._entities(words, word_ids[name][i], best_p[i], best[i], info.labels)
                 else:
                     results[i]["tasks"][name] = {"label": info.labels[best[i]], "probability": round(best_p[i], 4)}
         return results
+
+    def _passes(self, names: list[str], tokenize: Callable[[int], Any]) -> Iterator[tuple[Any, list[str], int]]:
+        """(encoding, tasks, max_length) per encoder pass. Every task sees its input truncated at
+        its own max_length, as in training and evaluation. Tokenised at the largest first, tasks
+        with a smaller max_length share that pass when no input in the batch reaches it (their
+        truncation would change nothing), and otherwise get a pass of their own."""
+        pending: dict[int, list[str]] = {}
+        for name in names:
+            pending.setdefault(self.model.tasks[name].max_length, []).append(name)
+        lengths = sorted(pending, reverse=True)
+        while lengths:
+            max_length = lengths.pop(0)
+            enc, group = tokenize(max_length), pending[max_length]
+            longest = int(enc["attention_mask"].sum(1).max())
+            while lengths and lengths[0] >= longest:
+                group = group + pending[lengths.pop(0)]
+            yield enc, group, max_length
+
+    def _tokenize(self, *args: Any, max_length: int, **kwargs: Any) -> Any:
+        with self._tokenizer_lock:
+            return self.tokenizer(*args, truncation=True, max_length=max_length, padding=True,
+                                  return_tensors="pt", **kwargs)
+
+    def _run(self, enc: Any, names: list[str]) -> dict[str, torch.Tensor]:
+        if not names:
+            return {}
+        batch = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        # Single-sentence tasks were trained without token types (all zero, the encoder's default).
+        token_types = batch.pop("token_type_ids", None) if names[0] in self.pair_tasks else None
+        return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
+                                     token_type_ids=token_types)
 
     @staticmethod
     def _entities(words: Words, word_ids: list[int | None], best_p: list[float], best: list[int],
@@ -123,3 +145,7 @@ class Predictor:
             score = sum(scores[first : last + 1]) / (last - first + 1)
             found.append({"type": kind, "text": words.text[start:end], "start": start, "end": end, "score": round(score, 4)})
         return {"entities": found, "tags": tags, "words": words.words}
+
+
+def _same_ids(a: Any, b: Any) -> bool:
+    return a["input_ids"].shape == b["input_ids"].shape and bool(torch.equal(a["input_ids"], b["input_ids"]))

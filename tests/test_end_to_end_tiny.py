@@ -95,3 +95,36 @@ def test_gradient_accumulation_counts_optimizer_steps(data_dir, tiny_bert):
     # 6 optimizer steps = 12 micro-batches; the linear schedule reaches 0 exactly at the end.
     assert train[-1]["step"] == 12 and sum(sum(e["batches"].values()) for e in train) == 12
     assert train[-1]["lr"] == 0.0 and train[0]["lr"] > 0
+
+
+def test_predict_truncates_each_task_at_its_own_max_length(tiny_bert):
+    """As training and evaluation do: a short-max_length task does not see more of a long input
+    than it was trained on, and short inputs still take one encoder pass for all tasks."""
+    import torch
+
+    from nlp_mtl.backbone import load_encoder, load_tokenizer
+    from nlp_mtl.data.encoding import collate
+    from nlp_mtl.inference import Predictor
+    from nlp_mtl.model import TaskHeadInfo
+    from nlp_mtl.registry import TASK_TYPES
+
+    torch.manual_seed(0)
+    infos = [TaskHeadInfo("ner", "token_classification", "token_classification", ["O", "B-PER", "I-PER"], max_length=64),
+             TaskHeadInfo("sent", "sequence_classification", "sequence_classification", ["neg", "pos"], max_length=8)]
+    model = MultiTaskModel(load_encoder(str(tiny_bert)), infos, load_tokenizer(str(tiny_bert))).eval()
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    long_text = "alice went to oslo and bob went to rome and the movie was good " * 2
+    out = Predictor(model).predict(["bad movie", long_text])
+    assert len(calls) == 2  # the long input is longer than 'sent' may see: a pass of its own
+    assert len(out[1]["tasks"]["ner"]["tags"]) == len(long_text.split())  # 'ner' saw all of it
+    for i, text in enumerate(["bad movie", long_text]):
+        split = TASK_TYPES.get("sequence_classification").encode([{"text": text, "label": "pos"}], model.tokenizer,
+                                                                  ["neg", "pos"], max_length=8)
+        batch = collate(split, [0], model.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            p, label = model("sent", batch["input_ids"], batch["attention_mask"])["logits"].softmax(-1)[0].max(-1)
+        assert out[i]["tasks"]["sent"] == {"label": ["neg", "pos"][int(label)], "probability": round(float(p), 4)}
+    calls.clear()
+    Predictor(model).predict(["bad movie", "alice went to oslo"])
+    assert len(calls) == 1
