@@ -69,3 +69,37 @@ def test_hyperparameters_are_flat_scalars():
     flat = flat_hyperparameters(ExperimentConfig(name="x", tasks=[TaskEntry(spec="conll2003_ner")]))
     assert flat["training/lr"] == 5e-05 and flat["backbone/name"] == "embedded"
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
+
+
+def test_resumed_run_plots_each_step_once_in_tensorboard(data_dir, tiny_bert, monkeypatch):
+    """Steps logged after the last checkpoint are redone on resume; TensorBoard must drop the
+    first copy, as metrics.jsonl does, or the curve doubles back on itself."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nlp_mtl.model.heads import SequenceClassificationHead
+
+    path = write_experiment(data_dir, tiny_bert, ["toy_sent"], steps=20, log_every=1, evaluations=1,
+                            checkpoint_every=5)
+    config = yaml.safe_load(path.read_text())
+    config["training"]["log_with"] = "tensorboard"
+    path.write_text(yaml.safe_dump(config))
+    calls = {"n": 0}
+    original = SequenceClassificationHead.loss
+
+    def poisoned(self, logits, labels):  # training stops at step 13, after logging 11 and 12
+        calls["n"] += 1
+        return original(self, logits, labels) * (float("nan") if calls["n"] == 13 else 1.0)
+
+    monkeypatch.setattr(SequenceClassificationHead, "loss", poisoned)
+    run = data_dir / "run"
+    assert main(["--quiet", "train", str(path), "--output-dir", str(run)]) == 2
+    monkeypatch.setattr(SequenceClassificationHead, "loss", original)
+    assert main(["--quiet", "train", "--resume", str(run)]) == 0
+    events = EventAccumulator(str(next((run / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss/toy_sent")]
+    assert steps == list(range(1, 21))
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    jsonl_losses = [r["loss"]["toy_sent"] for r in logged if r["event"] == "train"]
+    assert [e.value for e in events.Scalars("loss/toy_sent")] == pytest.approx(jsonl_losses, rel=1e-5)

@@ -222,8 +222,6 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
                     f"max_length={task.spec.max_length} were truncated.")
     if main and not resume:
         run.write_experiment(config, specs)
-    if trackers:
-        accelerator.init_trackers(config.name, config=flat_hyperparameters(config))
 
     model = build_model(config, encoder, tokenizer, tasks)
     if checkpoint is not None:
@@ -261,6 +259,11 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             batches[name].cursor = BatchCursor(*cursor)
         log.truncate_after(state.step)
         say(f"resumed from {checkpoint} at step {state.step}")
+    if trackers:
+        # On resume, TensorBoard drops what was logged after the checkpoint, as metrics.jsonl does
+        # (truncate_after): those steps are about to be redone, and would otherwise plot twice.
+        accelerator.init_trackers(config.name, config=flat_hyperparameters(config),
+                                  init_kwargs={"tensorboard": {"purge_step": state.step + 1}} if state.step else {})
     running = {n: torch.tensor(state.running.get(n, [0.0, 0])[0], device=device) for n in by_name}
     counts = {n: int(state.running.get(n, [0.0, 0])[1]) for n in by_name}
 
