@@ -12,6 +12,7 @@ in the batch is longer than the shorter one.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -47,8 +48,12 @@ class Predictor:
         self.single_tasks = [n for n, t in model.tasks.items() if not t.pair]
         self.pair_tasks = [n for n, t in model.tasks.items() if t.pair]
         # A fast tokenizer mutates its truncation/padding state on each call ("Already
-        # borrowed" under concurrent use), so calls into it are serialised; the model runs freely.
+        # borrowed" under concurrent use), so calls into it are serialised.
         self._tokenizer_lock = threading.Lock()
+        # So is the model where it has adapters: a pass selects its adapter group on the shared
+        # model (use_adapter), and another thread's pass could switch it halfway. Without
+        # adapters the model runs freely.
+        self._model_lock: Any = threading.Lock() if model.adapter_setup is not None else contextlib.nullcontext()
 
     def predict(self, inputs: list[str | dict[str, str]], progress: bool = False) -> list[dict[str, Any]]:
         """``inputs``: strings, or {'text': ..., 'text_pair': ...} for sentence-pair tasks."""
@@ -70,21 +75,25 @@ class Predictor:
         for enc, names, max_length in self._passes(self.single_tasks, lambda n: self._tokenize(
                 [s.words or [""] for s in split], is_split_into_words=True, max_length=n)):
             on_words = [n for n in names if tasks[n].task_type == "token_classification"]
+            if on_words:
+                ids = [enc.word_ids(i) for i in range(len(split))]
+                word_ids.update(dict.fromkeys(on_words, ids))
             # Sequence tasks were trained on the raw text, token tasks on words. WordPiece encodes
             # both alike; byte-level BPE and SentencePiece do not ("movie," vs "movie ,"), and then
             # the sequence tasks get their own pass on the raw text, so they see what training saw.
             on_text = [n for n in names if n not in on_words]
-            if on_text and not _same_ids(self._tokenize(texts, max_length=max_length), enc):
-                for text_enc, group, _ in self._passes(on_text, lambda n: self._tokenize(texts, max_length=n)):
+            if on_text:
+                made = {max_length: self._tokenize(texts, max_length=max_length)}
+                if _same_ids(made[max_length], enc):
+                    on_words, on_text = on_words + on_text, []
+                for text_enc, group, _ in self._passes(on_text, lambda n: made[n] if n in made else
+                                                       self._tokenize(texts, max_length=n)):
                     logits.update(self._run(text_enc, group))
-            else:
-                on_words += on_text
             logits.update(self._run(enc, on_words))
-            word_ids.update({n: [enc.word_ids(i) for i in range(len(split))] for n in on_words})
         pairs = [x.get("text_pair") if isinstance(x, dict) else None for x in inputs]
         if self.pair_tasks and all(pairs):
             for enc, group, _ in self._passes(self.pair_tasks, lambda n: self._tokenize(texts, pairs, max_length=n)):
-                logits.update(self._run(enc, group))
+                logits.update(self._run(enc, group, pair=True))
         results: list[dict[str, Any]] = [{"text": t, "tasks": {}} for t in texts]
         for name, task_logits in logits.items():
             info = tasks[name]
@@ -121,14 +130,15 @@ class Predictor:
             return self.tokenizer(*args, truncation=True, max_length=max_length, padding=True,
                                   return_tensors="pt", **kwargs)
 
-    def _run(self, enc: Any, names: list[str]) -> dict[str, torch.Tensor]:
+    def _run(self, enc: Any, names: list[str], pair: bool = False) -> dict[str, torch.Tensor]:
         if not names:
             return {}
-        batch = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         # Single-sentence tasks were trained without token types (all zero, the encoder's default).
-        token_types = batch.pop("token_type_ids", None) if names[0] in self.pair_tasks else None
-        return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
-                                     token_type_ids=token_types)
+        fields = ("input_ids", "attention_mask", "token_type_ids") if pair else ("input_ids", "attention_mask")
+        batch = {k: v.to(self.device) for k, v in enc.items() if k in fields}
+        with self._model_lock:
+            return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
+                                         token_type_ids=batch.get("token_type_ids"))
 
     @staticmethod
     def _entities(words: Words, word_ids: list[int | None], best_p: list[float], best: list[int],

@@ -117,7 +117,16 @@ def test_predict_truncates_each_task_at_its_own_max_length(tiny_bert):
     long_text = "alice went to oslo and bob went to rome and the movie was good " * 2
     out = Predictor(model).predict(["bad movie", long_text])
     assert len(calls) == 2  # the long input is longer than 'sent' may see: a pass of its own
-    assert len(out[1]["tasks"]["ner"]["tags"]) == len(long_text.split())  # 'ner' saw all of it
+    words = long_text.split()
+    tokens = TASK_TYPES.get("token_classification").encode([{"tokens": words, "tags": ["O"] * len(words)}],
+                                                           model.tokenizer, infos[0].labels, max_length=64)
+    assert not tokens.truncated  # 'ner' may see all of it, and does
+    batch = collate(tokens, [0], model.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        best = model("ner", batch["input_ids"], batch["attention_mask"])["logits"][0].argmax(-1)
+    first_pieces = batch["labels"][0] >= 0
+    assert out[1]["tasks"]["ner"]["tags"] == [infos[0].labels[int(i)] for i in best[first_pieces]]
+    assert len(set(out[1]["tasks"]["ner"]["tags"])) > 1  # a random head: more than one tag, so the check bites
     for i, text in enumerate(["bad movie", long_text]):
         split = TASK_TYPES.get("sequence_classification").encode([{"text": text, "label": "pos"}], model.tokenizer,
                                                                   ["neg", "pos"], max_length=8)

@@ -61,7 +61,8 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(data_dir, tiny_bert):
 
     run = data_dir / "killed"
     seed = int(time.time())
-    rng = random.Random(seed)  # printed on failure, so a failing schedule can be replayed
+    rng = random.Random(seed)
+    print(f"kill schedule seed {seed}")  # pytest shows it on any failure, so the schedule can be replayed
     # Three kills at random points, each well before the end (120 steps), so a resume remains.
     first = rng.randint(5, 30)
     second = rng.randint(first + 10, 60)
@@ -69,7 +70,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(data_dir, tiny_bert):
     reached = _kill_after([str(config), "--output-dir", str(run)], run, first, rng)
     for threshold in (second, third):
         reached = _kill_after(["--resume", str(run)], run, max(threshold, reached + 5), rng)
-    assert reached < 120 and not (run / "FINISHED").exists(), f"schedule seed {seed}"
+    assert reached < 120 and not (run / "FINISHED").exists()
     assert main(["--quiet", "train", "--resume", str(run)]) == 0
 
     ref, got = _events(reference), _events(run)

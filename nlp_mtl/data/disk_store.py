@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DataError
 from ..fileio import publish_mode
 from .encoding import EncodedSplit, Ragged
-from .loading import StreamedRows, key_digest
+from .loading import StreamedRows, has_text_pairs, key_digest
 
 FORMAT_VERSION = 1
 MANIFEST = "split.json"
@@ -164,7 +164,7 @@ def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: l
 
     def encoded() -> Iterator[EncodedSplit]:
         for chunk in _chunks(rows, chunk_rows):
-            if "text_pair" in rows.roles_seen:
+            if has_text_pairs(rows):
                 # In memory, one pair anywhere makes every row a pair (missing second segment: "");
                 # each chunk must be encoded the same way, not by what it happens to hold.
                 chunk = [row if "text_pair" in row else {**row, "text_pair": ""} for row in chunk]

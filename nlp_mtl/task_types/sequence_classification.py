@@ -10,6 +10,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from ..data.encoding import EncodedSplit, Ragged
 from ..data.fast_tokenize import encode_batch, rust_tokenizer
+from ..data.loading import has_text_pairs
 from ..config import TaskSpec
 from ..data.readers import Roles, Row
 from ..registry import TASK_TYPES
@@ -28,7 +29,7 @@ class SequenceClassification:
 
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
-        pairs = any("text_pair" in r for r in rows)
+        pairs = has_text_pairs(rows)
         backend = rust_tokenizer(tokenizer, max_length)
         ids, types, truncated = [], [], 0
         for start in range(0, len(rows), 10000):
