@@ -165,7 +165,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
 
     from .config import cache_dir
     from .data.pipeline import encode_all, load_all
@@ -192,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not tasks:
         raise UserError(f"{run.path}: no task has a {args.split} split.")
     reports = evaluate_tasks(model, tasks, args.split, args.batch_size, model.tokenizer.pad_token_id or 0,
-                             torch.device(default_device()), quiet=args.quiet)
+                             next(model.parameters()).device, quiet=args.quiet)
     for report in reports.values():
         print(format_report(report))
     print(write_reports(run.path, reports, args.split, {t.name: t.metric for t in tasks}))
@@ -292,8 +291,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from .fewshot.adapt import AdaptSettings, adapt_run, write_summary
     from .run_dir import RunDir
 
-    if args.lr <= 0:
-        raise UserError(f"--lr: expected a number > 0, got {args.lr}.")
+    settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
+                             init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     if args.save:
@@ -302,15 +301,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             raise UserError("--save keeps an adapter + head; --init full trains the whole encoder instead (nothing small to save).")
         if save.exists() and (not save.is_dir() or (any(save.iterdir()) and not args.overwrite)):
             raise UserError(f"--save {save}: exists; pass --overwrite to replace a task package there.")
-    settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
-                             init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
 
     def show(result) -> None:
         print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps; "
               f"per class {result.per_class}\n{result.report}")
 
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
-                               on_seed=show, device=default_device())
+                               on_seed=show)
     print(summary.headline())
     output = Path(args.output) if args.output else \
         run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"

@@ -125,7 +125,7 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
                 if init == "auto":
                     row["chosen"] = [s.init for s in summary.seeds]
                 rows.append(row)
-                print(f"[{split}] {task_name:16s} K={shots:<3d} {label:6s} {summary.metric} "
+                print(f"[{split}] {task_name:16s} K={shots:<3d} {label:10s} {summary.metric} "
                       f"{100 * row['mean']:6.2f} ± {100 * row['std']:5.2f}  ({summary.seconds:.0f} s)"
                       f"{summary.choices()}", flush=True)
     return rows

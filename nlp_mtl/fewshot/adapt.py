@@ -79,6 +79,8 @@ class AdaptSettings:
         # Checked here, before a run or its data is loaded.
         if not 0 <= self.init_scale <= 1:
             raise UserError(f"--init-scale: expected a factor in [0, 1], got {self.init_scale:g}.")
+        if self.lr <= 0:
+            raise UserError(f"--lr: expected a number > 0, got {self.lr:g}.")
 
 
 def fewshot_metric(task: PreparedTask) -> str:
@@ -352,11 +354,12 @@ def write_summary(summary: AdaptSummary, path: Path) -> None:
 
 def adapt_run(run_dir: str | Path, spec: TaskSpec, settings: AdaptSettings, data_root: str | Path | None = None,
               test_limit: int | None = None, quiet: bool = True, on_seed: Any = None,
-              device: str = "cpu") -> tuple[MultiTaskModel, AdaptSummary]:
+              device: str | None = None) -> tuple[MultiTaskModel, AdaptSummary]:
     """``nlp-mtl adapt`` and ``nlp_mtl.adapt``: load the run, read the new task (data root: the
-    given one, else the run's, else the default), adapt. Returns the model (holding the last
-    seed's adapter and head) and the summary."""
+    given one, else the run's, else the default), adapt on ``device`` (default: the GPU where
+    there is one). Returns the model (holding the last seed's adapter and head) and the summary."""
     from ..config import default_data_root
+    from ..devices import default_device
     from ..run_dir import RunDir
 
     run = RunDir(run_dir)
@@ -366,6 +369,6 @@ def adapt_run(run_dir: str | Path, spec: TaskSpec, settings: AdaptSettings, data
         root = run.read_experiment()[2]
     else:
         root = default_data_root()
-    model = MultiTaskModel.from_pretrained(run.path, device=device)
+    model = MultiTaskModel.from_pretrained(run.path, device=device or default_device())
     task = load_new_task(spec, root, model.tokenizer, test_limit)
     return model, few_shot_adapt(model, task, settings, source=str(run.path), quiet=quiet, on_seed=on_seed)

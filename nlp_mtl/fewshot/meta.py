@@ -248,7 +248,7 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
         for name, param in init.items():
             g = result.grads[name] / in_batch
             param.grad = g if param.grad is None else param.grad + g
-        if (episode_number + 1) % mc.meta_batch == 0 or episode_number + 1 == mc.episodes:
+        if episode_number + 1 == batch_start + in_batch:  # the meta-batch's last episode
             outer.step()
             outer.zero_grad(set_to_none=True)
         window.append((batches.source, result))
