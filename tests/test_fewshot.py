@@ -568,3 +568,15 @@ def test_outer_gradient_is_the_mean_over_each_meta_batch_a_short_last_one_includ
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     meta.meta_train_loop(model, tasks, mc, seed=0, quiet=True)
     assert seen == [{1.0}, {1.0}]
+
+
+def test_a_bad_adapt_lr_is_refused_before_the_run_loads(tmp_path, capsys):
+    from nlp_mtl.cli import main
+    from nlp_mtl.errors import UserError
+    from nlp_mtl.fewshot.adapt import AdaptSettings
+
+    with pytest.raises(UserError, match="--lr: expected a number > 0, got 0"):
+        AdaptSettings(lr=0)
+    # the run directory does not exist: the lr is what gets named
+    assert main(["adapt", str(tmp_path / "no_run"), "--task", "nothing.yaml", "--lr", "-1"]) == 2
+    assert "--lr: expected a number > 0, got -1" in capsys.readouterr().err
