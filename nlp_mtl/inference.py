@@ -12,7 +12,6 @@ in the batch is longer than the shorter one.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -48,12 +47,9 @@ class Predictor:
         self.single_tasks = [n for n, t in model.tasks.items() if not t.pair]
         self.pair_tasks = [n for n, t in model.tasks.items() if t.pair]
         # A fast tokenizer mutates its truncation/padding state on each call ("Already
-        # borrowed" under concurrent use), so calls into it are serialised.
+        # borrowed" under concurrent use), so calls into it are serialised; the model's passes
+        # take care of themselves (encode_through).
         self._tokenizer_lock = threading.Lock()
-        # So is the model where it has adapters: a pass selects its adapter group on the shared
-        # model (use_adapter), and another thread's pass could switch it halfway. Without
-        # adapters the model runs freely.
-        self._model_lock: Any = threading.Lock() if model.adapter_setup is not None else contextlib.nullcontext()
 
     def predict(self, inputs: list[str | dict[str, str]], progress: bool = False) -> list[dict[str, Any]]:
         """``inputs``: strings, or {'text': ..., 'text_pair': ...} for sentence-pair tasks."""
@@ -120,7 +116,7 @@ class Predictor:
         while lengths:
             max_length = lengths.pop(0)
             enc, group = tokenize(max_length), pending[max_length]
-            longest = int(enc["attention_mask"].sum(1).max())
+            longest = enc["input_ids"].shape[1]  # padded to the longest input
             while lengths and lengths[0] >= longest:
                 group = group + pending[lengths.pop(0)]
             yield enc, group, max_length
@@ -136,9 +132,8 @@ class Predictor:
         # Single-sentence tasks were trained without token types (all zero, the encoder's default).
         fields = ("input_ids", "attention_mask", "token_type_ids") if pair else ("input_ids", "attention_mask")
         batch = {k: v.to(self.device) for k, v in enc.items() if k in fields}
-        with self._model_lock:
-            return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
-                                         token_type_ids=batch.get("token_type_ids"))
+        return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
+                                     token_type_ids=batch.get("token_type_ids"))
 
     @staticmethod
     def _entities(words: Words, word_ids: list[int | None], best_p: list[float], best: list[int],

@@ -72,23 +72,3 @@ def test_new_head_type_is_one_class_and_a_decorator(tiny_bert):
     out = model("x", torch.tensor([[2, 7, 3]]), torch.ones(1, 3, dtype=torch.long))
     assert out["logits"].shape == (1, 3)
 
-
-def test_a_pair_late_in_the_train_split_makes_a_pair_head():
-    # The encoder pads every row once any row has a second segment; the head's flag (which
-    # routes pair input in predict) must say the same, however late the first pair comes.
-    from types import SimpleNamespace
-
-    from nlp_mtl.config import DataSpec, TaskSpec
-    from nlp_mtl.data.loading import StreamedRows, has_text_pairs
-    from nlp_mtl.registry import TASK_TYPES
-    from nlp_mtl.training.trainer import head_infos
-
-    rows = [{"text": f"claim {i}", "label": "no"} for i in range(300)]
-    rows[250] = {**rows[250], "text_pair": "evidence"}
-    spec = TaskSpec(name="nli", type="sequence_classification", data=DataSpec(format="jsonl", train="t.jsonl"))
-    task = SimpleNamespace(name="nli", spec=spec, task_type=TASK_TYPES.get(spec.type), labels=["no", "yes"],
-                           metric="macro_f1", data=SimpleNamespace(splits={"train": rows}))
-    assert head_infos([task])[0].pair
-    assert not has_text_pairs(rows[:250])
-    streamed = StreamedRows(spec, task.task_type.roles, None, roles_seen=frozenset({"text", "label", "text_pair"}))
-    assert has_text_pairs(streamed) and not has_text_pairs(StreamedRows(spec, task.task_type.roles, None))

@@ -53,3 +53,6 @@ def test_concurrent_requests_match_sequential_with_adapter_groups(tiny_bert):
     with ThreadPoolExecutor(max_workers=16) as pool:
         concurrent = list(pool.map(lambda t: predictor.predict([t])[0], texts))
     assert concurrent == sequential
+    # model.predict makes a Predictor per call: the guard must be the model's, not a Predictor's
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert list(pool.map(model.predict, texts)) == sequential

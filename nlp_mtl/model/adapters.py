@@ -21,9 +21,11 @@ adapter toward the pretrained encoder with it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -229,11 +231,14 @@ class AdapterHooks:
     """Forward hooks on the target layers that add the active group's delta.
 
     The active group is chosen per encoder pass (``active``); ``None`` runs the bare encoder.
+    ``routed(group)`` holds it for a whole pass: ``active`` is one setting on the shared model,
+    and a concurrent pass (another thread's predict) must not switch it halfway.
     """
 
     def __init__(self, encoder: nn.Module, adapters: nn.ModuleDict, targets: list[str]) -> None:
         self.adapters = adapters
         self.active: str | None = None
+        self._pass_lock = threading.RLock()
         modules = dict(encoder.named_modules())
         self.handles = [modules[name].register_forward_hook(self._hook(module_key(name))) for name in targets]
 
@@ -244,6 +249,12 @@ class AdapterHooks:
             return self.adapters[self.active].deltas[key](inputs[0], output)
 
         return add_delta
+
+    @contextlib.contextmanager
+    def routed(self, group: str | None) -> Iterator[None]:
+        with self._pass_lock:
+            self.active = group
+            yield
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -125,10 +125,13 @@ class MultiTaskModel(nn.Module):
 
     def use_adapter(self, group: str | None) -> None:
         """Route the next encoder passes through ``group``'s adapters (None: the bare encoder)."""
-        if group is not None and group not in self.adapters:
-            raise KeyError(f"no adapter group '{group}' (this model has: {', '.join(self.adapters) or 'none'})")
+        self._check_group(group)
         if self._hooks is not None:
             self._hooks.active = group
+
+    def _check_group(self, group: str | None) -> None:
+        if group is not None and group not in self.adapters:
+            raise KeyError(f"no adapter group '{group}' (this model has: {', '.join(self.adapters) or 'none'})")
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """What one task adds to the shared encoder: its head and its adapter group."""
@@ -145,10 +148,18 @@ class MultiTaskModel(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         return self.encoder(**kwargs).last_hidden_state
 
+    def encode_through(self, group: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One encoder pass through ``group``'s adapters; safe beside passes in other threads."""
+        if self._hooks is None:
+            return self.encode(input_ids, attention_mask, token_type_ids)
+        self._check_group(group)
+        with self._hooks.routed(group):
+            return self.encode(input_ids, attention_mask, token_type_ids)
+
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        self.use_adapter(self.tasks[task].adapter)
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        hidden = self.encode_through(self.tasks[task].adapter, input_ids, attention_mask, token_type_ids)
         head: Head = self.heads[task]
         logits = head(hidden, attention_mask)
         out = {"logits": logits}
@@ -166,8 +177,7 @@ class MultiTaskModel(nn.Module):
             by_group.setdefault(self.tasks[name].adapter, []).append(name)
         out = {}
         for group, members in by_group.items():
-            self.use_adapter(group)
-            hidden = self.encode(input_ids, attention_mask, token_type_ids)
+            hidden = self.encode_through(group, input_ids, attention_mask, token_type_ids)
             out.update({name: self.heads[name](hidden, attention_mask) for name in members})
         return out
 
