@@ -2,11 +2,15 @@
 batch, and evaluation counts every example exactly once."""
 
 import json
+import os
 import shutil
 import subprocess
+import textwrap
+from pathlib import Path
 
 import pytest
 
+import nlp_mtl
 from nlp_mtl.cli import main
 
 from .conftest import build_tiny_bert, write_experiment
@@ -74,6 +78,86 @@ def test_two_processes_train_the_main_config_shape(data_dir, tiny_bert):
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    _check_main_config_run(run)
+
+
+# Loaded by every process the launcher starts (through PYTHONPATH): records which rank runs the
+# disk store's checking pass and writes its tokenised splits.
+_RECORD_DISK_WORK = textwrap.dedent("""
+    import os
+    if os.environ.get("NLP_MTL_TEST_DISK_LOG"):
+        import nlp_mtl.data.disk_store as disk_store
+        import nlp_mtl.data.loading as loading
+
+        def _recorded(module, name):
+            original = getattr(module, name)
+
+            def wrapper(*args, **kwargs):
+                with open(os.environ["NLP_MTL_TEST_DISK_LOG"], "a") as log:
+                    log.write(f"{name} {os.environ.get('RANK', '?')}\\n")
+                return original(*args, **kwargs)
+
+            setattr(module, name, wrapper)
+
+        _recorded(loading, "_check_train")
+        _recorded(disk_store, "write_split")
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_path):
+    """With data.storage 'disk', the first process checks and tokenises every train split into
+    the cache and the other opens what it wrote, instead of both doing the same work."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher not on PATH")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_RECORD_DISK_WORK)
+    log = tmp_path / "disk_work.log"
+    # The package's own folder too: the hook imports it before `-m` puts the working directory on the path.
+    package_root = str(Path(nlp_mtl.__file__).resolve().parents[1])
+    env = {**os.environ, "NLP_MTL_TEST_DISK_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(hook), package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent", "toy_sent_csv"],
+                              batch_size=8, steps=30, evaluations=1, log_every=5)
+    run = data_dir / "disk"
+    result = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(run),
+         "--set", "data.storage=disk", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    work = log.read_text().split("\n")[:-1]
+    assert sorted(work) == ["_check_train 0"] * 3 + ["write_split 0"] * 3, work
+    _check_main_config_run(run)
+
+
+@pytest.mark.slow
+def test_two_processes_with_disk_storage_report_a_bad_file_without_traceback(data_dir, tiny_bert, tmp_path):
+    """The first process stops on the bad line; the other, waiting for it to fill the cache,
+    says the same and nothing else (not the broken barrier's traceback)."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher not on PATH")
+    train = data_dir / "data" / "sent_train.jsonl"
+    lines = train.read_text().splitlines()
+    lines[4] = '{"text": "broken'
+    train.write_text("\n".join(lines) + "\n")
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], batch_size=8, steps=10, evaluations=1)
+    result = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29520",
+         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(data_dir / "bad"),
+         "--set", "data.storage=disk", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    assert f"{train}:5: invalid JSON" in result.stderr
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def _check_main_config_run(run):
     events = _train_events(run)
     assert sum(e["event"] == "end" for e in events) == 1  # one log, written by the main process only
     assert sum(sum(e["batches"].values()) for e in events if e["event"] == "train") == 30
