@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,8 @@ import pytest
 
 from nlp_mtl.cli import main
 from nlp_mtl.config import load_task_spec
-from nlp_mtl.data.disk_store import encode_to_disk
+import nlp_mtl
+from nlp_mtl.data.disk_store import encode_to_disk, sweep_abandoned, write_split
 from nlp_mtl.data.encoding import EncodedSplit, Ragged
 from nlp_mtl.data.loading import StreamedRows, load_task_data
 from nlp_mtl.errors import ConfigError, DataError
@@ -122,8 +127,6 @@ def test_a_pair_late_in_the_train_split_makes_a_pair_head(tmp_path, stream_train
     assert head_infos([task])[0].pair
 
 def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refused(data_dir, tokenizer, tmp_path):
-    from nlp_mtl.data.disk_store import write_split
-
     spec = _spec(data_dir, "toy_ner")
     data = load_task_data(spec, data_dir / "data")
     encoded = TASK_TYPES.get(spec.type).encode(data.splits["train"], tokenizer, data.labels, spec.max_length)
@@ -195,6 +198,34 @@ def test_an_interrupted_write_leaves_nothing_behind(data_dir, tokenizer, tmp_pat
         encode_to_disk(TASK_TYPES.get(spec.type), disk.splits["train"], tokenizer, disk.labels, spec.max_length,
                        cache, progress=interrupt, chunk_rows=5)
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no file locks to tell a live writer from a dead one")
+def test_a_killed_writers_folder_is_swept_and_a_live_ones_is_kept(data_dir, tokenizer, tmp_path):
+    cache = tmp_path / "cache"
+    # A writer that never gets its first chunk: it holds its temporary folder until killed.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from nlp_mtl.data.disk_store import "
+         "write_split; write_split((time.sleep(600) for _ in [0]), Path(sys.argv[1]), 'abc')", str(cache / "big-abc")],
+        cwd=Path(nlp_mtl.__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache.glob(".big-abc.*/.writing")):
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.1)
+        (tmp,) = cache.glob(".big-abc.*")
+        assert sweep_abandoned(cache) == [] and tmp.is_dir()  # being written: kept
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert tmp.is_dir()  # SIGKILL runs no clean-up
+
+    spec = _spec(data_dir, "toy_ner")
+    data = load_task_data(spec, data_dir / "data")
+    encoded = TASK_TYPES.get(spec.type).encode(data.splits["train"], tokenizer, data.labels, spec.max_length)
+    _same(encoded, write_split([encoded], cache / "toy_ner-def", "def"))  # the next write sweeps
+    assert sorted(p.name for p in cache.iterdir()) == ["toy_ner-def"]  # no lock file left inside either
+    assert sorted(p.name for p in (cache / "toy_ner-def").iterdir() if p.name.startswith(".")) == []
 
 
 def test_streaming_reports_bad_data_with_its_line(tmp_path):

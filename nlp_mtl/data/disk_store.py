@@ -8,6 +8,8 @@ dataset. The directory is named by a fingerprint of everything that decides its 
 file's identity: path, size, mtime, ctime, inode; the task's data settings and labels,
 max_length, the tokenizer and the package version), so a second run reuses it and any change tokenises afresh. It is written under a
 temporary name and renamed when complete: an interrupted run leaves no half-written cache.
+A writer holds a lock on its temporary folder; one that was killed (SIGKILL, out of memory,
+power cut) releases it with its process, and the next write into the cache removes the folder.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: abandoned temporary folders are not swept
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import DataError
 from ..fileio import publish_mode
@@ -34,6 +41,7 @@ FORMAT_VERSION = 1
 MANIFEST = "split.json"
 CHUNK_ROWS = 20_000
 FIELDS = ("input_ids", "labels", "token_type_ids", "word_index")
+WRITING = ".writing"  # in a temporary folder: locked by the process writing it
 
 
 def default_cache_dir() -> Path:
@@ -97,12 +105,43 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _claim(tmp: Path) -> IO[str]:
+    """Lock ``tmp`` as being written, for as long as the returned handle stays open."""
+    handle = (tmp / WRITING).open("w")
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def sweep_abandoned(cache_dir: Path) -> list[Path]:
+    """Remove the temporary folders in ``cache_dir`` whose writer is gone (its lock is free);
+    folders being written now, by any process, are kept. Returns what was removed."""
+    removed: list[Path] = []
+    if fcntl is None or not cache_dir.is_dir():
+        return removed
+    for tmp in cache_dir.glob(".*"):
+        try:
+            handle = (tmp / WRITING).open("r")
+        except OSError:  # not a temporary folder, or one not claimed yet
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its writer is alive
+                continue
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerprint: str,
                 expected: int | None = None, source: str = "") -> EncodedSplit:
     """Write chunks as one split at ``directory`` (atomically) and return it memory-mapped.
     ``expected``: the number of examples the checking pass counted in ``source``."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    sweep_abandoned(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    claim = _claim(tmp)
     writers: dict[str, _FieldWriter] = {}
     try:
         examples = truncated = 0
@@ -124,6 +163,7 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
                     "truncated": truncated, "fields": fields}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         publish_mode(tmp)  # mkdtemp made it private; a shared cache must be readable like any folder
+        (tmp / WRITING).unlink()  # the lock is held until after the rename: no sweep takes the folder
         try:
             tmp.rename(directory)
         except OSError:
@@ -136,6 +176,8 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
             writer.handle.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        claim.close()
     return open_split(directory)
 
 
