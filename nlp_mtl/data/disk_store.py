@@ -109,7 +109,10 @@ def _claim(tmp: Path) -> IO[str]:
     """Lock ``tmp`` as being written, for as long as the returned handle stays open."""
     handle = (tmp / WRITING).open("w")
     if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: the sweep cannot lock it either, and keeps it
+            pass
     return handle
 
 
