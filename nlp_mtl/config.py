@@ -452,23 +452,22 @@ def default_data_root(config_source: str = "") -> Path:
     return (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
+def config_relative(path: str, config: ExperimentConfig) -> Path:
+    """A path from the experiment config: ``~`` expanded, a relative one taken from the config
+    file's folder (where the user wrote it), not from wherever the command runs."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute() and config.source:
+        resolved = Path(config.source).parent / resolved
+    return resolved.resolve()
+
+
 def data_root(config: ExperimentConfig) -> Path:
-    if config.data.root:
-        root = Path(config.data.root)
-        if not root.is_absolute() and config.source:
-            root = Path(config.source).parent / root
-        return root.resolve()
-    return default_data_root(config.source)
+    return config_relative(config.data.root, config) if config.data.root else default_data_root(config.source)
 
 
 def cache_dir(config: ExperimentConfig) -> Path | None:
     """Where data.storage 'disk' keeps tokenised splits; None: the default user cache."""
-    if not config.data.cache_dir:
-        return None
-    path = Path(config.data.cache_dir).expanduser()
-    if not path.is_absolute() and config.source:
-        path = Path(config.source).parent / path
-    return path.resolve()
+    return config_relative(config.data.cache_dir, config) if config.data.cache_dir else None
 
 
 __all__ = [

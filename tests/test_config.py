@@ -6,6 +6,8 @@ from nlp_mtl.config import (
     ExperimentConfig,
     TaskSpec,
     apply_overrides,
+    cache_dir,
+    data_root,
     load_experiment,
     load_task_spec,
     load_tasks,
@@ -54,6 +56,18 @@ def test_scientific_notation_is_a_number(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("tasks: [conll2003_ner]\ntraining: {lr: 5e-5}\n")
     assert load_experiment(path).training.lr == pytest.approx(5e-5)
+
+
+def test_data_paths_start_at_the_config_file_and_expand_home(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "e.yaml"
+    path.write_text("tasks: [conll2003_ner]\ndata: {root: ../data, cache_dir: cache}\n")
+    monkeypatch.chdir("/")  # not where the command runs
+    config = load_experiment(path)
+    assert (data_root(config), cache_dir(config)) == (tmp_path / "data", tmp_path / "configs" / "cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = load_experiment(path, ["data.root=~/corpora", "data.cache_dir=~/.cache/x"])
+    assert (data_root(home), cache_dir(home)) == (tmp_path / "home" / "corpora", tmp_path / "home" / ".cache" / "x")
 
 
 def test_overrides_reach_nested_keys(tmp_path):
