@@ -107,12 +107,15 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def _claim(tmp: Path) -> IO[str]:
     """Lock ``tmp`` as being written, for as long as the returned handle stays open."""
-    handle = (tmp / WRITING).open("w")
+    # Locked under another name first: a sweep that found the lock file before it was locked
+    # would take a live folder for an abandoned one.
+    handle = (tmp / f"{WRITING}-new").open("w")
     if fcntl is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:  # a file system without locks: the sweep cannot lock it either, and keeps it
             pass
+    os.replace(tmp / f"{WRITING}-new", tmp / WRITING)
     return handle
 
 
