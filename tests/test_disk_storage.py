@@ -81,18 +81,22 @@ def test_limit_and_peeking_give_the_in_memory_rows(data_dir, tokenizer, tmp_path
     assert disk.splits["train"][:3] == memory.splits["train"][:3]
 
 
+def _jsonl_task(folder: Path, name: str, rows: list[dict]):
+    """A sentence classification spec over ``rows``, written as ``folder``/train.jsonl."""
+    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec_path = folder / f"{name}.yaml"
+    spec_path.write_text(f"name: {name}\ntype: sequence_classification\n"
+                         "data: {format: jsonl, train: train.jsonl}\nmax_length: 16\n")
+    return load_task_spec(spec_path)
+
+
 @pytest.mark.parametrize("limit", [None, 5])
 def test_pairs_in_a_later_chunk_are_encoded_as_in_memory(tmp_path, tokenizer, limit):
     # Only the last row has a second segment: in memory every row is then a pair, and a chunk
     # holding no pair must not be encoded differently. With a limit that drops that row, no row
     # is a pair, again as in memory.
-    (tmp_path / "train.jsonl").write_text("".join(
-        json.dumps({"text": f"alice met bob {i}", "label": "pos" if i % 2 else "neg",
-                    **({"text_pair": "in paris"} if i == 9 else {})}) + "\n" for i in range(10)))
-    spec_path = tmp_path / "pairs.yaml"
-    spec_path.write_text("name: pairs\ntype: sequence_classification\n"
-                         "data: {format: jsonl, train: train.jsonl}\nmax_length: 16\n")
-    spec = load_task_spec(spec_path)
+    spec = _jsonl_task(tmp_path, "pairs", [{"text": f"alice met bob {i}", "label": "pos" if i % 2 else "neg",
+                                            **({"text_pair": "in paris"} if i == 9 else {})} for i in range(10)])
     limits = {"train": limit} if limit else None
     memory = load_task_data(spec, tmp_path, limits)
     disk = load_task_data(spec, tmp_path, limits, stream_train=True)
@@ -113,13 +117,8 @@ def test_a_pair_late_in_the_train_split_makes_a_pair_head(tmp_path, stream_train
 
     from nlp_mtl.training.trainer import head_infos
 
-    (tmp_path / "train.jsonl").write_text("".join(
-        json.dumps({"text": f"claim {i}", "label": "no" if i % 2 else "yes",
-                    **({"text_pair": "evidence"} if i == 250 else {})}) + "\n" for i in range(300)))
-    spec_path = tmp_path / "nli.yaml"
-    spec_path.write_text("name: nli\ntype: sequence_classification\n"
-                         "data: {format: jsonl, train: train.jsonl}\nmax_length: 16\n")
-    spec = load_task_spec(spec_path)
+    spec = _jsonl_task(tmp_path, "nli", [{"text": f"claim {i}", "label": "no" if i % 2 else "yes",
+                                          **({"text_pair": "evidence"} if i == 250 else {})} for i in range(300)])
     data = load_task_data(spec, tmp_path, stream_train=stream_train,
                           cache_dir=tmp_path / "cache" if stream_train else None)
     task = SimpleNamespace(name="nli", spec=spec, task_type=TASK_TYPES.get(spec.type), labels=data.labels,

@@ -20,10 +20,26 @@ def _train_events(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
+def _train_on_two_processes(config, run, port, *options, env=None):
+    """`nlp-mtl train` under `accelerate launch` with 2 processes; ``port`` differs per test."""
     if shutil.which("accelerate") is None:
         pytest.skip("accelerate's launcher not on PATH")
+    return subprocess.run(
+        # --multi_gpu selects accelerate's torch.distributed launcher; on a machine without GPUs
+        # the processes form a gloo group on CPU.
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(run), *options],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+
+
+def _disk_cache(cache):
+    return ["--set", "data.storage=disk", "--set", f"data.cache_dir={cache}"]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
     bert = build_tiny_bert(tmp_path / "bert_no_dropout", dropout=0.0)
     spec = data_dir / "specs" / "toy_sent.yaml"
     spec.write_text(spec.read_text() + "head: {dropout: 0.0}\n")
@@ -35,15 +51,7 @@ def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
     one = write_experiment(data_dir, bert, ["toy_sent", "toy_sent_csv"], batch_size=16, **common)
     assert main(["--quiet", "train", str(one), "--output-dir", str(data_dir / "one")]) == 0
     two = write_experiment(data_dir, bert, ["toy_sent", "toy_sent_csv"], batch_size=8, **common)
-    result = subprocess.run(
-        # --multi_gpu selects accelerate's torch.distributed launcher; on a machine without GPUs
-        # the processes form a gloo group on CPU.
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-         "-m", "nlp_mtl.cli", "--quiet",
-         "train", str(two), "--output-dir", str(data_dir / "two")],
-        capture_output=True, text=True, timeout=600,
-    )
+    result = _train_on_two_processes(two, data_dir / "two", 29517)
     assert result.returncode == 0, result.stderr[-3000:]
 
     a, b = _train_events(data_dir / "one"), _train_events(data_dir / "two")
@@ -66,17 +74,10 @@ def test_two_processes_match_one_process_with_double_batch(data_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_train_the_main_config_shape(data_dir, tiny_bert):
     """NER + two classification tasks, like the main job: trains, gathers, reports every example."""
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate's launcher not on PATH")
     config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent", "toy_sent_csv"],
                               batch_size=8, steps=30, evaluations=1, log_every=5)
     run = data_dir / "shape"
-    result = subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
-         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(run)],
-        capture_output=True, text=True, timeout=600,
-    )
+    result = _train_on_two_processes(config, run, 29518)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_main_config_run(run)
 
@@ -108,8 +109,6 @@ _RECORD_DISK_WORK = textwrap.dedent("""
 def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_path):
     """With data.storage 'disk', the first process checks and tokenises every train split into
     the cache and the other opens what it wrote, instead of both doing the same work."""
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate's launcher not on PATH")
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_RECORD_DISK_WORK)
@@ -121,13 +120,7 @@ def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_
     config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent", "toy_sent_csv"],
                               batch_size=8, steps=30, evaluations=1, log_every=5)
     run = data_dir / "disk"
-    result = subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(run),
-         "--set", "data.storage=disk", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+    result = _train_on_two_processes(config, run, 29519, *_disk_cache(tmp_path / "cache"), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     work = log.read_text().split("\n")[:-1]
     assert sorted(work) == ["_check_train 0"] * 3 + ["write_split 0"] * 3, work
@@ -138,20 +131,12 @@ def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_
 def test_two_processes_with_disk_storage_report_a_bad_file_without_traceback(data_dir, tiny_bert, tmp_path):
     """The first process stops on the bad line; the other, waiting for it to fill the cache,
     says the same and nothing else (not the broken barrier's traceback)."""
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate's launcher not on PATH")
     train = data_dir / "data" / "sent_train.jsonl"
     lines = train.read_text().splitlines()
     lines[4] = '{"text": "broken'
     train.write_text("\n".join(lines) + "\n")
     config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"], batch_size=8, steps=10, evaluations=1)
-    result = subprocess.run(
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29520",
-         "-m", "nlp_mtl.cli", "--quiet", "train", str(config), "--output-dir", str(data_dir / "bad"),
-         "--set", "data.storage=disk", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=600,
-    )
+    result = _train_on_two_processes(config, data_dir / "bad", 29520, *_disk_cache(tmp_path / "cache"))
     assert result.returncode != 0
     assert f"{train}:5: invalid JSON" in result.stderr
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr, result.stderr[-3000:]
