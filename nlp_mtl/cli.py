@@ -134,7 +134,7 @@ def _positive_int(text: str) -> int:
 
 
 def _data_root_override(value: str | None) -> list[str]:
-    return [f"data.root={Path(value).resolve()}"] if value else []
+    return [f"data.root={Path(value).expanduser().resolve()}"] if value else []
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -176,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     config, specs, root = run.read_experiment()
     if args.data_root:
-        root = Path(args.data_root).resolve()
+        root = Path(args.data_root).expanduser().resolve()
     datas = load_all(specs, root, config.data.limit, config.data.storage, cache_dir(config))
     model = MultiTaskModel.from_pretrained(run.path, device=default_device())
     for data in datas:
@@ -331,7 +331,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             spec = load_task_spec(path)
             print(f"{spec.name:20s} {spec.type:26s} {path}")
         return 0
-    root = Path(args.data_root).resolve() if args.data_root else default_data_root()
+    root = Path(args.data_root).expanduser().resolve() if args.data_root else default_data_root()
     summaries = []
     for file in args.files:
         spec = load_task_spec(file)

@@ -437,7 +437,7 @@ def load_tasks(config: ExperimentConfig) -> list[TaskSpec]:
 def default_data_root(config_source: str = "") -> Path:
     env = os.environ.get(DATA_ROOT_ENV)
     if env:
-        return Path(env).resolve()
+        return Path(env).expanduser().resolve()
     bases = [Path.cwd(), REPO_ROOT]
     if config_source:
         bases.insert(1, Path(config_source).parent)

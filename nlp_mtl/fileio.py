@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks
+    fcntl = None  # type: ignore[assignment]
 
 
 def current_umask() -> int:
@@ -43,3 +50,21 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def one_at_a_time(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (made if missing) for the block. Processes filling
+    the same cache entry (the ranks of a run, or two runs) take turns, so the second finds the
+    first's result instead of making it again, and waits on the lock rather than at a collective
+    barrier with a timeout. Where there are no file locks (Windows, some network file systems)
+    the block runs unguarded: every process does the work, and the rename that publishes it
+    keeps each result whole."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:  # writable: network file systems lock through fcntl()
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield

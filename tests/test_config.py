@@ -68,6 +68,8 @@ def test_data_paths_start_at_the_config_file_and_expand_home(tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     home = load_experiment(path, ["data.root=~/corpora", "data.cache_dir=~/.cache/x"])
     assert (data_root(home), cache_dir(home)) == (tmp_path / "home" / "corpora", tmp_path / "home" / ".cache" / "x")
+    monkeypatch.setenv("NLP_MTL_DATA_ROOT", "~/env")
+    assert data_root(load_experiment(path, ["data.root=null"])) == tmp_path / "home" / "env"
 
 
 def test_overrides_reach_nested_keys(tmp_path):

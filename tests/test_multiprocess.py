@@ -107,8 +107,8 @@ _RECORD_DISK_WORK = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_path):
-    """With data.storage 'disk', the first process checks and tokenises every train split into
-    the cache and the other opens what it wrote, instead of both doing the same work."""
+    """With data.storage 'disk', one process checks and tokenises each train split into the cache
+    and the other, waiting on the entry's lock, opens what it wrote instead of doing the same work."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_RECORD_DISK_WORK)
@@ -123,14 +123,15 @@ def test_two_processes_with_disk_storage_tokenise_once(data_dir, tiny_bert, tmp_
     result = _train_on_two_processes(config, run, 29519, *_disk_cache(tmp_path / "cache"), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     work = log.read_text().split("\n")[:-1]
-    assert sorted(work) == ["_check_train 0"] * 3 + ["write_split 0"] * 3, work
+    # Each train file checked once and tokenised once, by whichever process took the lock first.
+    assert sorted(line.split()[0] for line in work) == ["_check_train"] * 3 + ["write_split"] * 3, work
     _check_main_config_run(run)
 
 
 @pytest.mark.slow
 def test_two_processes_with_disk_storage_report_a_bad_file_without_traceback(data_dir, tiny_bert, tmp_path):
-    """The first process stops on the bad line; the other, waiting for it to fill the cache,
-    says the same and nothing else (not the broken barrier's traceback)."""
+    """The process that checks the file first stops on the bad line with a one-line error; the
+    other, waiting on the cache entry's lock rather than at a barrier, prints no traceback."""
     train = data_dir / "data" / "sent_train.jsonl"
     lines = train.read_text().splitlines()
     lines[4] = '{"text": "broken'
@@ -139,7 +140,8 @@ def test_two_processes_with_disk_storage_report_a_bad_file_without_traceback(dat
     result = _train_on_two_processes(config, data_dir / "bad", 29520, *_disk_cache(tmp_path / "cache"))
     assert result.returncode != 0
     assert f"{train}:5: invalid JSON" in result.stderr
-    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr, result.stderr[-3000:]
+    for broken in ("[rank0]: Traceback", "[rank1]: Traceback", "Connection closed by peer"):
+        assert broken not in result.stderr, result.stderr[-3000:]
 
 
 def _check_main_config_run(run):

@@ -9,7 +9,8 @@ file's identity: path, size, mtime, ctime, inode; the task's data settings and l
 max_length, the tokenizer and the package version), so a second run reuses it and any change tokenises afresh. It is written under a
 temporary name and renamed when complete: an interrupted run leaves no half-written cache.
 A writer holds a lock on its temporary folder; one that was killed (SIGKILL, out of memory,
-power cut) releases it with its process, and the next write into the cache removes the folder.
+power cut) releases it with its process, and the next write into the cache from the same
+machine removes the folder. Processes that need the same entry take turns on a lock file beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -27,13 +29,8 @@ from typing import IO, Any
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # Windows: abandoned temporary folders are not swept
-    fcntl = None  # type: ignore[assignment]
-
 from ..errors import DataError
-from ..fileio import publish_mode
+from ..fileio import fcntl, one_at_a_time, publish_mode
 from .encoding import EncodedSplit, Ragged
 from .loading import StreamedRows, has_text_pairs, key_digest
 
@@ -105,32 +102,40 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _claim(tmp: Path) -> IO[str]:
-    """Lock ``tmp`` as being written, for as long as the returned handle stays open."""
+def _claim(tmp: Path) -> IO[str] | None:
+    """Lock ``tmp`` as being written, for as long as the returned handle stays open (None: the
+    system has no file locks, and the folder is never swept)."""
+    if fcntl is None:
+        return None
     # Locked under another name first: a sweep that found the lock file before it was locked
     # would take a live folder for an abandoned one.
     handle = (tmp / f"{WRITING}-new").open("w")
-    if fcntl is not None:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: the sweep cannot lock it either, and keeps it
-            pass
+    handle.write(socket.gethostname())
+    handle.flush()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: the sweep cannot lock it either, and keeps it
+        pass
     os.replace(tmp / f"{WRITING}-new", tmp / WRITING)
     return handle
 
 
 def sweep_abandoned(cache_dir: Path) -> list[Path]:
     """Remove the temporary folders in ``cache_dir`` whose writer is gone (its lock is free);
-    folders being written now, by any process, are kept. Returns what was removed."""
+    folders being written now, by any process, are kept, and so are those written from another
+    machine, whose locks a network file system may not show here. Returns what was removed."""
     removed: list[Path] = []
     if fcntl is None or not cache_dir.is_dir():
         return removed
     for tmp in cache_dir.glob(".*"):
         try:
-            handle = (tmp / WRITING).open("r")
+            handle = (tmp / WRITING).open("a+")  # writable: network file systems lock through fcntl()
         except OSError:  # not a temporary folder, or one not claimed yet
             continue
         with handle:
+            handle.seek(0)
+            if handle.read() != socket.gethostname():
+                continue
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # its writer is alive
@@ -147,9 +152,10 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
     directory.parent.mkdir(parents=True, exist_ok=True)
     sweep_abandoned(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    claim = _claim(tmp)
+    claim: IO[str] | None = None
     writers: dict[str, _FieldWriter] = {}
     try:
+        claim = _claim(tmp)
         examples = truncated = 0
         for chunk in encoded_chunks:
             present = {name: getattr(chunk, name) for name in FIELDS if getattr(chunk, name) is not None}
@@ -169,7 +175,8 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
                     "truncated": truncated, "fields": fields}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         publish_mode(tmp)  # mkdtemp made it private; a shared cache must be readable like any folder
-        (tmp / WRITING).unlink()  # the lock is held until after the rename: no sweep takes the folder
+        if claim is not None:
+            (tmp / WRITING).unlink()  # the lock is held until after the rename: no sweep takes the folder
         try:
             tmp.rename(directory)
         except OSError:
@@ -183,7 +190,8 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        claim.close()
+        if claim is not None:
+            claim.close()
     return open_split(directory)
 
 
@@ -207,10 +215,8 @@ def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: l
     """Tokenise a streamed split chunk by chunk into ``cache_dir``, or open it if already there."""
     fingerprint = split_fingerprint(rows, tokenizer, labels, max_length)
     directory = cache_dir / f"{rows.spec.name}-{fingerprint}"
-    if (directory / MANIFEST).is_file():
-        return open_split(directory)
 
-    def encoded() -> Iterator[EncodedSplit]:
+    def encoded_split() -> Iterator[EncodedSplit]:
         for chunk in _chunks(rows, chunk_rows):
             if has_text_pairs(rows):
                 # In memory, one pair anywhere makes every row a pair (missing second segment: "");
@@ -220,4 +226,7 @@ def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: l
             if progress:
                 progress(len(chunk))
 
-    return write_split(encoded(), directory, fingerprint, expected=len(rows), source=str(rows.path))
+    with one_at_a_time(cache_dir / f".{directory.name}.lock"):
+        if (directory / MANIFEST).is_file():  # made before, or by another process while this one waited
+            return open_split(directory)
+        return write_split(encoded_split(), directory, fingerprint, expected=len(rows), source=str(rows.path))

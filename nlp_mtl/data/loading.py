@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import CarvedSplit, TaskSpec
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, one_at_a_time
 from ..registry import READERS, TASK_TYPES
 from .readers import Roles, Row, read_hub
 from .tags import check_tag, to_iob2
@@ -201,13 +201,16 @@ def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
     if spec.data.train is None:
         raise DataError(f"{spec.source}: data.train: a task needs a train split.")
     stream = StreamedRows(spec, roles, resolve_data_path(spec, spec.data.train, root), limit=limit)
-    record = _check_record(stream, cache_dir) if cache_dir is not None else None
-    if record is not None and record.is_file():
-        found = json.loads(record.read_text(encoding="utf-8"))
-    else:
+    if cache_dir is None:
         found = _check_train(stream)
-        if record is not None:
-            atomic_write(record, json.dumps(found))
+    else:
+        record = _check_record(stream, cache_dir)
+        with one_at_a_time(record.with_suffix(".lock")):
+            if record.is_file():  # made before, or by another process while this one waited
+                found = json.loads(record.read_text(encoding="utf-8"))
+            else:
+                found = _check_train(stream)
+                atomic_write(record, json.dumps(found))
     n_rows, validation = found["rows"], found["validation"]
     if isinstance(spec.data.validation, CarvedSplit) and n_rows:
         stream.held = frozenset(_held_out(n_rows, spec.data.validation))

@@ -364,7 +364,7 @@ def adapt_run(run_dir: str | Path, spec: TaskSpec, settings: AdaptSettings, data
 
     run = RunDir(run_dir)
     if data_root:
-        root = Path(data_root).resolve()
+        root = Path(data_root).expanduser().resolve()
     elif run.experiment_path.is_file():
         root = run.read_experiment()[2]
     else:

@@ -37,7 +37,6 @@ from ..task_types import TaskReport
 from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .precision import resolve_precision
-from .shared_cache import once_per_machine
 from .tracking import flat_hyperparameters, resolve_trackers, scalar_metrics
 
 
@@ -209,15 +208,13 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     resolve_backbone(config.backbone.name)
     specs: list[TaskSpec] = load_tasks(config) if not resume else run.read_experiment()[1]
     config.adapters.check_groups([s.name for s in specs], config.source or "config")
-    datas = once_per_machine(accelerator, config.data.storage, lambda: load_all(
-        specs, data_root(config), config.data.limit, config.data.storage, cache_dir(config)))
+    datas = load_all(specs, data_root(config), config.data.limit, config.data.storage, cache_dir(config))
     encoder, tokenizer = load_backbone(config.backbone)
     check_max_length(specs, encoder.config)
     if main and not resume:
         run.prepare_new()
     accelerator.wait_for_everyone()
-    tasks = once_per_machine(accelerator, config.data.storage,
-                             lambda: encode_all(datas, tokenizer, quiet=quiet, cache_dir=cache_dir(config)))
+    tasks = encode_all(datas, tokenizer, quiet=quiet, cache_dir=cache_dir(config))
     for task in tasks:
         for split, enc in task.encoded.items():
             if enc.truncated:
