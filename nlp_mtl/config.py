@@ -116,6 +116,21 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop once ``patience`` validations in a row have not beaten the best mean main metric by
+    more than ``min_delta`` (a fraction: 0.001 is 0.1 points); steps/epochs stay the cap."""
+
+    patience: int = 3
+    min_delta: float = 0.0
+
+    def validate(self, where: str) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"{where}.patience: expected an integer >= 1, got {self.patience}.")
+        if not 0 <= self.min_delta < 1:
+            raise ConfigError(f"{where}.min_delta: expected a fraction in [0, 1), got {self.min_delta}.")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -140,6 +155,8 @@ class TrainingConfig:
     # A non-finite loss either stops training (naming task and step) or skips that batch.
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
     group_by_length: bool = True
+    # Stop before the budget when validation stops improving: {patience: N, min_delta: D}.
+    early_stopping: EarlyStoppingConfig | None = None
     # Trackers through accelerate: 'auto' = TensorBoard if installed, 'none', or names/a list.
     log_with: str | list[str] = "auto"
 

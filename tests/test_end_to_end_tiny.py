@@ -92,8 +92,11 @@ def test_gradient_accumulation_counts_optimizer_steps(data_dir, tiny_bert):
     assert main(["--quiet", "train", str(config), "--output-dir", str(run)]) == 0
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in events if e["event"] == "train"]
-    # 6 optimizer steps = 12 micro-batches; the linear schedule reaches 0 exactly at the end.
-    assert train[-1]["step"] == 12 and sum(sum(e["batches"].values()) for e in train) == 12
+    # Steps count optimizer steps everywhere: 6 steps = 12 micro-batches, logged every 2 steps;
+    # the linear schedule reaches 0 exactly at the end.
+    assert [e["step"] for e in train] == [2, 4, 6] and sum(sum(e["batches"].values()) for e in train) == 12
+    end = next(e for e in events if e["event"] == "end")
+    assert end["steps"] == 6
     assert train[-1]["lr"] == 0.0 and train[0]["lr"] > 0
 
 

@@ -13,10 +13,10 @@ Nothing is unpickled when loading.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,11 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..model.multitask import replace_dir
+from .engine import EngineState
 
 STATE_FILE = "trainer_state.json"
-
-
-@dataclass
-class TrainerState:
-    step: int = 0
-    best_score: float | None = None
-    best_step: int | None = None
-    cursors: dict[str, list[int]] = field(default_factory=dict)
-    running: dict[str, list[float]] = field(default_factory=dict)
+# 2: steps count optimizer steps (1 counted micro-batches).
+FORMAT_VERSION = 2
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -65,7 +59,7 @@ def gather_rng_states(accelerator: Any) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainerState,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: EngineState,
                     rng_states: dict[str, torch.Tensor]) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -75,7 +69,7 @@ def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimize
         save_file(tensors, tmp / "optimizer.safetensors")
         save_file(rng_states, tmp / "rng.safetensors")
         scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        payload = {"trainer": state.__dict__, "optimizer": meta, "scheduler": scheduler_state, "format_version": 1}
+        payload = {"trainer": dataclasses.asdict(state), "optimizer": meta, "scheduler": scheduler_state, "format_version": FORMAT_VERSION}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
         replace_dir(tmp, directory)
     finally:
@@ -92,7 +86,7 @@ def find_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> TrainerState:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> EngineState:
     """Restore optimizer, scheduler and RNG in place; return the trainer state."""
     try:
         payload = json.loads((directory / STATE_FILE).read_text())
@@ -100,6 +94,9 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
         rng = load_file(directory / "rng.safetensors")
     except (OSError, json.JSONDecodeError, ValueError, SafetensorError) as err:
         raise UserError(f"{directory}: unreadable checkpoint ({err}).") from None
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{directory}: checkpoint format {payload.get('format_version')} is not the "
+                        f"{FORMAT_VERSION} this version of nlp-mtl resumes; train again.")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
@@ -113,4 +110,4 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,
     torch.set_rng_state(rng[f"{rank}.torch"])
     if torch.cuda.is_available() and f"{rank}.cuda" in rng:
         torch.cuda.set_rng_state(rng[f"{rank}.cuda"])
-    return TrainerState(**payload["trainer"])
+    return EngineState(**payload["trainer"])

@@ -9,7 +9,6 @@ A resumable checkpoint is written periodically; ``resume=True`` continues from i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -17,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..backbone import load_backbone, resolve_backbone
 from ..config import AdapterConfig, ExperimentConfig, TaskSpec, cache_dir, data_root, load_tasks
@@ -29,12 +26,13 @@ from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
-from ..fileio import atomic_write
 from ..kernels import attention_for_varying_shapes
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
-from ..task_types import TaskReport
-from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
+from .callbacks import (Checkpointer, EarlyStopping, Evaluator, JsonlLog, LossLogger, ProgressBar, ThroughputMeter,
+                        Validation)
+from .checkpoint import find_checkpoint, load_checkpoint
+from .engine import Callback, Engine, EngineState
 from .optim import build_optimizer, build_scheduler
 from .precision import resolve_precision
 from .tracking import flat_hyperparameters, resolve_trackers, scalar_metrics
@@ -129,33 +127,71 @@ def check_max_length(specs: list[TaskSpec], encoder_config: Any) -> None:
                             f"{limit} positions (max_position_embeddings).")
 
 
-def _score(reports: dict[str, TaskReport], tasks: list[PreparedTask]) -> float:
-    metrics = {t.name: t.metric for t in tasks}
-    return float(np.mean([r.metrics[metrics[name]] for name, r in reports.items()]))
+class NonFiniteGuard:
+    """training.on_nonfinite_loss: 'stop' raises NonFiniteLoss naming task and step; 'skip'
+    drops the batch and logs it. Decided jointly, so that no process waits in an all-reduce the
+    others skip; on CPU the check is free, and it keeps one bad batch from poisoning the weights."""
+
+    def __init__(self, policy: str, log: JsonlLog, checkpoints: Path) -> None:
+        self.policy, self.log, self.checkpoints = policy, log, checkpoints
+
+    def rejects(self, engine: Engine, task: str, loss: torch.Tensor) -> bool:
+        nonfinite = ~torch.isfinite(loss.detach())
+        if engine.accelerator.num_processes > 1:
+            nonfinite = engine.accelerator.reduce(nonfinite.float(), reduction="sum") > 0
+        if not nonfinite:
+            return False
+        step = engine.state.step + 1
+        if self.policy == "stop":
+            kept = (f"the last good checkpoint in {self.checkpoints} is intact" if find_checkpoint(self.checkpoints)
+                    else "no checkpoint had been written yet")
+            raise NonFiniteLoss(f"training stopped: non-finite loss ({float(loss.detach())}) on task '{task}' at "
+                                f"step {step}; {kept}. Lower training.lr (or set training.on_nonfinite_loss: "
+                                "skip) and train again.")
+        self.log.write({"event": "skipped", "step": step, "task": task, "reason": "non-finite loss"})
+        return True
 
 
-class JsonlLog:
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+class TaskBatches:
+    """The engine's batch source for multi-task training: the sampler names the task of each
+    micro-step (the same on every process), that task's length-grouped batches give this
+    process's shard, padded and moved to the device."""
 
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+    def __init__(self, tasks: list[PreparedTask], sampler: TaskSampler, global_batch: int, seed: int,
+                 group_by_length: bool, accelerator: Any, pad_id: int) -> None:
+        self.tasks = {t.name: t.encoded["train"] for t in tasks}
+        self.sampler, self.pad_id = sampler, pad_id
+        self.rank, self.device = accelerator.process_index, accelerator.device
+        self.batches = {
+            t.name: LengthGroupedBatches(t.encoded["train"].lengths, global_batch, seed=seed + 1000 * i,
+                                         group_by_length=group_by_length, num_shards=accelerator.num_processes)
+            for i, t in enumerate(tasks)
+        }
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop what was logged after the checkpoint: it is about to be redone."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the line a kill cut in half
-            if record.get("event") != "end" and record.get("step", 0) <= step:
-                kept.append(line)
-        atomic_write(self.path, "".join(line + "\n" for line in kept))
+    def batch_at(self, micro_step: int) -> tuple[str, dict[str, torch.Tensor], int]:
+        name = self.sampler.task_at(micro_step)
+        split = self.tasks[name]
+        indices = self.batches[name].next_shard(self.rank)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(split, indices, self.pad_id).items()}
+        return name, batch, int(split.lengths[indices].sum())
+
+    def cursors(self) -> dict[str, list[int]]:
+        return {n: [b.cursor.pass_index, b.cursor.position] for n, b in self.batches.items()}
+
+    def restore(self, cursors: dict[str, list[int]]) -> None:
+        for name, cursor in cursors.items():
+            self.batches[name].cursor = BatchCursor(*cursor)
+
+
+class TaskLoss:
+    """A batch of one task through the shared encoder and that task's head."""
+
+    def __init__(self, model: Any, weights: dict[str, float], device: torch.device) -> None:
+        self.model, self.weights, self.device = model, weights, device
+
+    def __call__(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        with attention_for_varying_shapes(self.device):
+            return self.model(task, **batch)["loss"], self.weights[task]
 
 
 def _forget_earlier_accelerator() -> None:
@@ -169,19 +205,16 @@ def _forget_earlier_accelerator() -> None:
         AcceleratorState._reset_state()
 
 
-def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
-          overwrite: bool = False) -> TrainResult:
+def make_accelerator(tc: Any, project_dir: Path, trackers: list[str]) -> tuple[Any, str | None]:
+    """An Accelerator for this run's precision and accumulation; the precision note to print."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    started = time.perf_counter()
-    tc = config.training
-    trackers = resolve_trackers(tc.log_with)
     precision, precision_note = resolve_precision(tc.mixed_precision, torch.cuda.is_available())
     _forget_earlier_accelerator()
     accelerator = Accelerator(
         log_with=trackers or None,
-        project_dir=str(run.path / "logs"),
+        project_dir=str(project_dir),
         # Without a GPU, accelerate only forms a gloo process group (torchrun, accelerate launch)
         # when told it runs on CPU; otherwise each process would train alone.
         cpu=not torch.cuda.is_available(),
@@ -190,19 +223,22 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         # Each step trains one task, so the other heads get no gradient that step.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    return accelerator, precision_note
+
+
+@dataclass
+class Prepared:
+    specs: list[TaskSpec]
+    tasks: list[PreparedTask]
+    tokenizer: Any
+    model: MultiTaskModel
+
+
+def prepare_run(config: ExperimentConfig, run: RunDir, accelerator: Any, resume: bool, overwrite: bool,
+                say: Any, quiet: bool) -> Prepared:
+    """Check everything a user can get wrong before anything is written, the model loads or
+    anything tokenises; then load, tokenise and build the model."""
     main = accelerator.is_main_process
-    quiet = quiet or not main
-    say = (lambda *a: None) if quiet else accelerator.print
-    set_seed(tc.seed)
-    if precision_note:
-        say(precision_note)
-
-    checkpoint = find_checkpoint(run.last_dir) if resume else None
-    if resume and checkpoint is None:
-        raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
-
-    # Everything a user can get wrong is checked before anything is written, the model loads
-    # or anything tokenises.
     if not resume:
         run.check_new(overwrite)
     resolve_backbone(config.backbone.name)
@@ -222,41 +258,86 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
                     f"max_length={task.spec.max_length} were truncated.")
     if main and not resume:
         run.write_experiment(config, specs)
+    return Prepared(specs, tasks, tokenizer, build_model(config, encoder, tokenizer, tasks))
 
-    model = build_model(config, encoder, tokenizer, tasks)
+
+def standard_callbacks(config: ExperimentConfig, run: RunDir, accelerator: Any, tasks: list[PreparedTask],
+                       steps: int, log: JsonlLog, trackers: bool, quiet: bool, say: Any,
+                       pad_id: int) -> list[Callback]:
+    """Throughput first (so evaluation falls outside its timed span), then the loss log,
+    evaluation, early stopping, checkpoints and the progress bar."""
+    tc = config.training
+    callbacks: list[Callback] = [ThroughputMeter(), LossLogger([t.name for t in tasks], tc.log_every, log, trackers)]
+    has_validation = any("validation" in t.encoded for t in tasks)
+    for t in tasks:
+        if has_validation and "validation" not in t.encoded:
+            say(f"note: {t.name} has no validation split; model selection uses the other tasks.")
+    if has_validation:
+        unwrap = accelerator.unwrap_model
+
+        def save_best(model: Any) -> None:
+            if accelerator.is_main_process:
+                unwrap(model).save_pretrained(run.best_dir)
+            accelerator.wait_for_everyone()
+
+        validation = Validation(
+            evaluate=lambda model: evaluate_tasks(unwrap(model), tasks, "validation", tc.eval_batch_size, pad_id,
+                                                  accelerator.device, accelerator, quiet=quiet),
+            metrics={t.name: t.metric for t in tasks}, save_best=save_best)
+        callbacks.append(Evaluator(validation, tc.eval_every or max(1, math.ceil(steps / tc.evaluations)), log,
+                                   trackers, say))
+        if tc.early_stopping is not None:
+            callbacks.append(EarlyStopping(tc.early_stopping.patience, tc.early_stopping.min_delta, say))
+    callbacks.append(Checkpointer(run.last_dir, tc.checkpoint_every, accelerator.is_main_process))
+    callbacks.append(ProgressBar(disabled=quiet))
+    return callbacks
+
+
+def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
+          overwrite: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train ``config`` into ``run``; ``callbacks`` run after the standard ones (a benchmark's meter)."""
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    tc = config.training
+    trackers = resolve_trackers(tc.log_with)
+    accelerator, precision_note = make_accelerator(tc, run.path / "logs", trackers)
+    main = accelerator.is_main_process
+    quiet = quiet or not main
+    say = (lambda *a: None) if quiet else accelerator.print
+    set_seed(tc.seed)
+    if precision_note:
+        say(precision_note)
+    checkpoint = find_checkpoint(run.last_dir) if resume else None
+    if resume and checkpoint is None:
+        raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
+
+    prepared = prepare_run(config, run, accelerator, resume, overwrite, say, quiet)
+    tasks, model = prepared.tasks, prepared.model
     if checkpoint is not None:
         model.load_state_dict(MultiTaskModel.from_pretrained(checkpoint / "model").state_dict())
     for line in parameter_summary(model):
         say(line)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = tc.batch_size * world
+    global_batch = tc.batch_size * accelerator.num_processes
     steps = count_steps(config, [len(t.encoded["train"]) for t in tasks], global_batch)
     micro_steps = steps * tc.gradient_accumulation_steps
     sampler = TaskSampler([t.name for t in tasks], [len(t.encoded["train"]) for t in tasks],
                           [t.spec.sampling_weight for t in tasks], config.sampler, micro_steps, tc.seed)
-    batches = {
-        t.name: LengthGroupedBatches(t.encoded["train"].lengths, global_batch, seed=tc.seed + 1000 * i,
-                                     group_by_length=tc.group_by_length, num_shards=world)
-        for i, t in enumerate(tasks)
-    }
-    by_name = {t.name: t for t in tasks}
     say("sampling (" + config.sampler.strategy + "): " + ", ".join(
         f"{t.name} p={p:.3f} (~{p * micro_steps * global_batch / len(t.encoded['train']):.2f} epochs)"
         for t, p in zip(tasks, sampler.probabilities(0))))
+    pad_id = prepared.tokenizer.pad_token_id or 0
+    source = TaskBatches(tasks, sampler, global_batch, tc.seed, tc.group_by_length, accelerator, pad_id)
 
     optimizer = build_optimizer(model, tc, config.adapters)
     scheduler = build_scheduler(optimizer, steps, tc.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
-    device = accelerator.device
-    pad_id = tokenizer.pad_token_id or 0
     log = JsonlLog(run.metrics_path, main)
-
-    state = TrainerState()
+    state = EngineState()
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, optimizer, scheduler, rank)
-        for name, cursor in state.cursors.items():
-            batches[name].cursor = BatchCursor(*cursor)
+        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator.process_index)
+        source.restore(state.cursors)
         log.truncate_after(state.step)
         say(f"resumed from {checkpoint} at step {state.step}")
     if trackers:
@@ -264,128 +345,30 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         # (truncate_after): those steps are about to be redone, and would otherwise plot twice.
         accelerator.init_trackers(config.name, config=flat_hyperparameters(config),
                                   init_kwargs={"tensorboard": {"purge_step": state.step + 1}} if state.step else {})
-    running = {n: torch.tensor(state.running.get(n, [0.0, 0])[0], device=device) for n in by_name}
-    counts = {n: int(state.running.get(n, [0.0, 0])[1]) for n in by_name}
 
-    def snapshot(step: int) -> None:
-        state.step = step
-        state.cursors = {n: [b.cursor.pass_index, b.cursor.position] for n, b in batches.items()}
-        state.running = {n: [float(running[n]), counts[n]] for n in by_name}
-        rng_states = gather_rng_states(accelerator)
-        if main:
-            save_checkpoint(run.last_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, rng_states)
-        accelerator.wait_for_everyone()
+    installed = standard_callbacks(config, run, accelerator, tasks, steps, log, bool(trackers), quiet, say, pad_id)
+    engine = Engine(accelerator, model, optimizer, scheduler, source,
+                    TaskLoss(model, {t.name: t.spec.loss_weight for t in tasks}, accelerator.device),
+                    NonFiniteGuard(tc.on_nonfinite_loss, log, run.last_dir), installed + list(callbacks or []),
+                    steps, tc.max_grad_norm, state)
+    state = engine.fit()
+    return finish_run(config, run, accelerator, engine, tasks, log, bool(trackers), say, quiet, pad_id, started)
 
-    # Intervals count optimizer steps, so evaluations and snapshots land on update boundaries.
-    accum = tc.gradient_accumulation_steps
-    eval_every = (tc.eval_every or max(1, math.ceil(steps / tc.evaluations))) * accum
-    has_validation = any("validation" in t.encoded for t in tasks)
-    for t in tasks:
-        if has_validation and "validation" not in t.encoded:
-            say(f"note: {t.name} has no validation split; model selection uses the other tasks.")
-    shown: dict[str, float] = {}
-    bar = tqdm(total=micro_steps, initial=state.step, desc="training", disable=quiet, dynamic_ncols=True)
-    # Throughput per logging interval, evaluation time left out: what scripts/bench.py reads.
-    interval_start, interval_examples, interval_tokens, paused = time.perf_counter(), 0, 0, 0.0
-    model.train()
-    for step in range(state.step, micro_steps):
-        name = sampler.task_at(step)
-        task = by_name[name]
-        indices = batches[name].next_shard(rank)
-        interval_examples += len(indices)
-        interval_tokens += int(task.encoded["train"].lengths[indices].sum())
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(task.encoded["train"], indices, pad_id).items()}
-        with accelerator.accumulate(model):
-            with attention_for_varying_shapes(device):
-                out = model(name, **batch)
-            loss = out["loss"]
-            # Decided jointly, so that no process waits in an all-reduce the others skip. On CPU
-            # the check is free; it keeps one bad batch from poisoning the weights.
-            nonfinite = ~torch.isfinite(loss.detach())
-            if world > 1:
-                nonfinite = accelerator.reduce(nonfinite.float(), reduction="sum") > 0
-            if nonfinite:
-                if tc.on_nonfinite_loss == "stop":
-                    raise NonFiniteLoss(
-                        f"training stopped: non-finite loss ({float(loss.detach())}) on task '{name}' at step "
-                        f"{step + 1}; the last good checkpoint in {run.last_dir} is intact. Lower training.lr "
-                        "(or set training.on_nonfinite_loss: skip) and train again.")
-                log.write({"event": "skipped", "step": step + 1, "task": name, "reason": "non-finite loss"})
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                accelerator.backward(loss * task.spec.loss_weight)
-                if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()  # a no-op on accumulation micro-steps (accelerate skips it)
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                # Accumulated on the device; read back only when logging: no host sync per step.
-                running[name] += loss.detach()
-                counts[name] += 1
-        bar.update(1)
-        done = step + 1
-        if done % (tc.log_every * accum) == 0 or done == micro_steps:
-            # Every process saw a different shard of the same batches: log their mean.
-            totals = accelerator.reduce(torch.stack([running[n] for n in by_name]), reduction="mean").tolist()
-            losses = {n: totals[i] / counts[n] for i, n in enumerate(by_name) if counts[n]}
-            shown.update(losses)
-            bar.set_postfix({n: f"{v:.3f}" for n, v in shown.items()})
-            seconds = time.perf_counter() - interval_start - paused
-            if world > 1:  # length-sorted shards differ in length: count every process's tokens
-                interval_tokens = int(accelerator.reduce(torch.tensor(float(interval_tokens), device=device),
-                                                         reduction="sum").item())
-            log.write({"event": "train", "step": done, "lr": scheduler.get_last_lr()[0], "loss": losses,
-                       "batches": {n: c for n, c in counts.items() if c}, "seconds": round(seconds, 4),
-                       # this process's share; every process trains on as many
-                       "examples_per_s": round(interval_examples * world / seconds, 2),
-                       "tokens_per_s": round(interval_tokens / seconds, 1)})
-            interval_examples = interval_tokens = 0
-            if trackers:
-                accelerator.log({"lr": scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in losses.items()}},
-                                step=done)
-            running = {n: torch.zeros((), device=device) for n in by_name}
-            counts = dict.fromkeys(by_name, 0)
-            interval_start, paused = time.perf_counter(), 0.0
-        pause_start = time.perf_counter()
-        evaluated = False
-        if has_validation and (done % eval_every == 0 or done == micro_steps):
-            evaluated = True
-            reports = evaluate_tasks(accelerator.unwrap_model(model), tasks, "validation", tc.eval_batch_size,
-                                     pad_id, device, accelerator, quiet=quiet)
-            score = _score(reports, tasks)
-            improved = state.best_score is None or score > state.best_score
-            log.write({"event": "validation", "step": done, "score": score,
-                       "metrics": {n: r.metrics for n, r in reports.items()}})
-            if trackers:
-                accelerator.log({"validation/mean_main_metric": score, **scalar_metrics("validation", reports)},
-                                step=done)
-            say(f"\nstep {done}: validation " + ", ".join(
-                f"{n} {t.metric}={100 * reports[n].metrics[t.metric]:.2f}" for n, t in by_name.items()) +
-                f" | mean {100 * score:.2f}" + (" (best)" if improved else ""))
-            if improved:
-                state.best_score, state.best_step = score, done
-                if main:
-                    accelerator.unwrap_model(model).save_pretrained(run.best_dir)
-                accelerator.wait_for_everyone()
-        # Only at optimizer-step boundaries: a snapshot inside an accumulation window would lose
-        # the gradients accumulated so far.
-        at_boundary = done % accum == 0
-        periodic = tc.checkpoint_every and (done // accum) % tc.checkpoint_every == 0
-        if done < micro_steps and at_boundary and (evaluated or periodic):
-            snapshot(done)
-        paused += time.perf_counter() - pause_start  # evaluation and snapshots are not training time
-    bar.close()
 
-    final = accelerator.unwrap_model(model)
-    if state.best_step is not None and state.best_step != micro_steps:
+def finish_run(config: ExperimentConfig, run: RunDir, accelerator: Any, engine: Engine,
+               tasks: list[PreparedTask], log: JsonlLog, trackers: bool, say: Any, quiet: bool, pad_id: int,
+               started: float) -> TrainResult:
+    """The best model by validation becomes the run's model, scored on validation and test."""
+    tc, state, device, main = config.training, engine.state, accelerator.device, accelerator.is_main_process
+    final = accelerator.unwrap_model(engine.model)
+    if state.best_step is not None and state.best_step != state.step:
         say(f"restoring the best checkpoint (step {state.best_step}, mean validation {100 * state.best_score:.2f})")
         final = MultiTaskModel.from_pretrained(run.best_dir, device=device)
     if main:
         final.save_pretrained(run.model_dir)
     accelerator.wait_for_everyone()
 
-    result = TrainResult(run.path, micro_steps, state.best_step, state.best_score)
+    result = TrainResult(run.path, state.step, state.best_step, state.best_score)
     main_metrics = {t.name: t.metric for t in tasks}
     for split in ("validation", "test"):
         reports = evaluate_tasks(final, tasks, split, tc.eval_batch_size, pad_id, device, accelerator, quiet=quiet)
@@ -395,9 +378,9 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         if split == "test":
             result.test_reports = reports
         if trackers and reports:
-            accelerator.log(scalar_metrics(f"final_{split}", reports), step=micro_steps)
+            accelerator.log(scalar_metrics(f"final_{split}", reports), step=state.step)
     result.seconds = time.perf_counter() - started
-    log.write({"event": "end", "steps": micro_steps, "best_step": state.best_step, "seconds": round(result.seconds, 1)})
+    log.write({"event": "end", "steps": state.step, "best_step": state.best_step, "seconds": round(result.seconds, 1)})
     if trackers:
         accelerator.end_training()
     if main:
