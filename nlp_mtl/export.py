@@ -29,6 +29,7 @@ from .errors import UserError, did_you_mean
 from .model import MultiTaskModel
 from .model.heads import SequenceClassificationHead, TokenClassificationHead
 from .model.multitask import replace_dir
+from .registry import TASK_TYPES
 
 CUSTOM_MODULE = "modeling_nlp_mtl"
 CUSTOM_CLASS = "NlpMtlForSequenceClassification"
@@ -99,17 +100,8 @@ def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if isinstance(head, TokenClassificationHead):
-            hf_model, remote = _stock_token_model(model, head, config), False
-            pipeline_task = "token-classification"
-        elif isinstance(head, SequenceClassificationHead):
-            hf_model = _stock_sequence_model(model, head, config)
-            remote = hf_model is None
-            if remote:
-                hf_model = _custom_sequence_model(model, head, config, tmp)
-            pipeline_task = "text-classification"
-        else:
-            raise UserError(f"task '{task}': heads of type '{info.head}' have no Hugging Face export.")
+        exported = TASK_TYPES.get(info.task_type).export(model, head, config, tmp)
+        hf_model, pipeline_task, remote = exported.model, exported.pipeline_task, exported.remote_code
         hf_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer = copy.deepcopy(model.tokenizer)
         # pipeline(..., truncation=True) then cuts inputs where training and `nlp-mtl predict` do.
@@ -138,8 +130,12 @@ def _set_linear(hf_model: Any, dotted: str, source: torch.nn.Linear) -> None:
     target.load_state_dict(source.state_dict())
 
 
-def _stock_token_model(model: MultiTaskModel, head: TokenClassificationHead, config: Any) -> Any:
+def token_model(model: MultiTaskModel, head: Any, config: Any) -> Any:
+    """The family's stock token-classification model carrying our encoder and token head."""
     from transformers import AutoModelForTokenClassification
+
+    if not isinstance(head, TokenClassificationHead):
+        raise UserError(f"heads of type '{type(head).__name__}' have no Hugging Face export.")
 
     hf_model = AutoModelForTokenClassification.from_config(config)
     missing = _copy_base(model, hf_model)
@@ -147,6 +143,14 @@ def _stock_token_model(model: MultiTaskModel, head: TokenClassificationHead, con
         raise RuntimeError(f"export: {type(hf_model).__name__} expects weights the encoder lacks: {missing[:3]}")
     _set_linear(hf_model, "classifier", head.classifier)
     return hf_model.eval()
+
+
+def sequence_model(model: MultiTaskModel, head: Any, config: Any, directory: Path) -> tuple[Any, bool]:
+    """(model, needs remote code): the stock class where it computes our head, else ours."""
+    if not isinstance(head, SequenceClassificationHead):
+        raise UserError(f"heads of type '{type(head).__name__}' have no Hugging Face export.")
+    stock = _stock_sequence_model(model, head, config)
+    return (stock, False) if stock is not None else (_custom_sequence_model(model, head, config, directory), True)
 
 
 def _stock_sequence_model(model: MultiTaskModel, head: SequenceClassificationHead, config: Any) -> Any | None:

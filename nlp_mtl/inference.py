@@ -16,12 +16,14 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .model import MultiTaskModel
-from .task_types.token_classification import entities
+from .registry import TASK_TYPES
+
+if TYPE_CHECKING:  # the model imports this module for predict(): no import cycle
+    from .model import MultiTaskModel
 
 WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
 
@@ -66,11 +68,12 @@ class Predictor:
         texts = [x if isinstance(x, str) else x["text"] for x in inputs]
         split = [split_words(t) for t in texts]
         tasks = self.model.tasks
+        task_types = {n: TASK_TYPES.get(t.task_type) for n, t in tasks.items()}
         logits: dict[str, torch.Tensor] = {}
         word_ids: dict[str, list[list[int | None]]] = {}
         for enc, names, max_length in self._passes(self.single_tasks, lambda n: self._tokenize(
                 [s.words or [""] for s in split], is_split_into_words=True, max_length=n)):
-            on_words = [n for n in names if tasks[n].task_type == "token_classification"]
+            on_words = [n for n in names if task_types[n].roles.token_level]
             if on_words:
                 ids = [enc.word_ids(i) for i in range(len(split))]
                 word_ids.update(dict.fromkeys(on_words, ids))
@@ -92,16 +95,9 @@ class Predictor:
                 logits.update(self._run(enc, group, pair=True))
         results: list[dict[str, Any]] = [{"text": t, "tasks": {}} for t in texts]
         for name, task_logits in logits.items():
-            info = tasks[name]
-            # Best label and its probability for every position at once: one tensor op per batch,
-            # then plain Python lists (per-position tensor indexing cost more than the encoder).
-            best_p, best = task_logits.float().softmax(-1).max(-1)
-            best_p, best = best_p.cpu().tolist(), best.cpu().tolist()
-            for i, words in enumerate(split):
-                if info.task_type == "token_classification":
-                    results[i]["tasks"][name] = self._entities(words, word_ids[name][i], best_p[i], best[i], info.labels)
-                else:
-                    results[i]["tasks"][name] = {"label": info.labels[best[i]], "probability": round(best_p[i], 4)}
+            outputs = task_types[name].predictions(task_logits, tasks[name].labels, split, word_ids.get(name))
+            for result, output in zip(results, outputs):
+                result["tasks"][name] = output
         return results
 
     def _passes(self, names: list[str], tokenize: Callable[[int], Any]) -> Iterator[tuple[Any, list[str], int]]:
@@ -134,22 +130,6 @@ class Predictor:
         batch = {k: v.to(self.device) for k, v in enc.items() if k in fields}
         return self.model.encode_all(batch["input_ids"], batch["attention_mask"], tasks=names,
                                      token_type_ids=batch.get("token_type_ids"))
-
-    @staticmethod
-    def _entities(words: Words, word_ids: list[int | None], best_p: list[float], best: list[int],
-                  labels: list[str]) -> dict[str, Any]:
-        tags, scores = ["O"] * len(words.words), [1.0] * len(words.words)
-        previous = None
-        for position, word in enumerate(word_ids):
-            if word is not None and word != previous:
-                tags[word], scores[word] = labels[best[position]], best_p[position]
-            previous = word
-        found = []
-        for kind, first, last in entities(tags):
-            start, end = words.spans[first][0], words.spans[last][1]
-            score = sum(scores[first : last + 1]) / (last - first + 1)
-            found.append({"type": kind, "text": words.text[start:end], "start": start, "end": end, "score": round(score, 4)})
-        return {"entities": found, "tags": tags, "words": words.words}
 
 
 def _same_ids(a: Any, b: Any) -> bool:

@@ -31,7 +31,8 @@ from ..registry import TASK_TYPES
 from .episodes import EpisodeBatches
 
 LEVELS = ("sentence", "token")
-HEAD_OF_LEVEL = {"sentence": "sequence_classification", "token": "token_classification"}
+# The task type whose encoding (and default head) each level's episodes use.
+TYPE_OF_LEVEL = {"sentence": "sequence_classification", "token": "token_classification"}
 MAX_WORDS = 64           # longer sentences are cut: episodes stay cheap
 MAX_LENGTH = 128         # sub-word tokens
 
@@ -130,7 +131,7 @@ class MaskedWordEpisodes:
             support, query = drawn
             batches = self._encode(support, chosen), self._encode(query, chosen)
             if all(b is not None for b in batches):
-                return EpisodeBatches(self.name, HEAD_OF_LEVEL[self.level], {}, len(chosen), *batches,
+                return EpisodeBatches(self.name, TASK_TYPES.get(TYPE_OF_LEVEL[self.level]).head, {}, len(chosen), *batches,
                                       chosen, [i for i, _ in support], [i for i, _ in query])
         raise ValueError(f"{self.level}-level masked-word episodes: 20 draws in a row could not fill an episode "
                          "from the training text; lower meta.ways or meta.shots/query_shots, or drop this "
@@ -178,10 +179,10 @@ class MaskedWordEpisodes:
 
     def _encode_rows(self, rows: list[dict], ways: int) -> EncodedSplit:
         if self.level == "sentence":
-            return TASK_TYPES.get("sequence_classification").encode(rows, self.tokenizer,
+            return TASK_TYPES.get(TYPE_OF_LEVEL["sentence"]).encode(rows, self.tokenizer,
                                                                     [str(c) for c in range(ways)], MAX_LENGTH)
         labels = ["O"] + [f"W{c}" for c in range(ways)]
-        encoded = TASK_TYPES.get("token_classification").encode(rows, self.tokenizer, labels, MAX_LENGTH)
+        encoded = TASK_TYPES.get(TYPE_OF_LEVEL["token"]).encode(rows, self.tokenizer, labels, MAX_LENGTH)
         flat = encoded.labels.flat.astype(np.int64)
         # Only the masked positions are scored; their ids shift down past the dropped "O".
         encoded.labels.flat = np.where(flat > 0, flat - 1, -100).astype(np.int16)

@@ -15,12 +15,14 @@ from typing import Any
 
 from ..evaluation.reports import SUMMARY_COLUMNS
 from ..fileio import atomic_write
+from ..registry import TASK_TYPES
 from .plots import DPI, TRAINING_LOSS, VALIDATION, confusion_name, entity_f1_name, write_run_plots
 from .run_data import SPLITS, RunData, TaskInfo, load_run, main_metric
 
 # CSS pixels per inch; images are shown at their physical size so plot text matches the page.
 CSS_DPI = 96
-TYPE_NAMES = {"token_classification": "token classification", "sequence_classification": "sequence classification"}
+def _type_name(task_type: str) -> str:
+    return TASK_TYPES.get(task_type).display_name if task_type in TASK_TYPES else task_type
 
 CSS = """
 :root { --text: #1f2933; --muted: #616e7c; --line: #e4e7eb; --bg: #f5f7fa; --card: #fff; --accent: #0072b2; }
@@ -143,7 +145,7 @@ def _tasks_table(run: RunData) -> str:
     rows = []
     for task in run.tasks:
         spec = specs.get(task.name, {})
-        cells = [f"<td>{_e(task.name)}</td>", f"<td>{_e(TYPE_NAMES.get(task.task_type, task.task_type))}</td>",
+        cells = [f"<td>{_e(task.name)}</td>", f"<td>{_e(_type_name(task.task_type))}</td>",
                  f"<td>{_e(task.metric or spec.get('metric') or '—')}</td>",
                  f'<td class="num">{len(task.labels) or "—"}</td>',
                  f'<td class="num">{_e(_number(spec.get("sampling_weight")))}</td>',
@@ -211,7 +213,7 @@ def _task_section(run: RunData, task: TaskInfo, plots: list[Path]) -> str:
                     else '<p class="empty">No classification report yet.</p>')
     body = plots_html + reports_html
     return (f'<article class="task"><h3>{_e(task.name)}<span class="tag">'
-            f'{_e(TYPE_NAMES.get(task.task_type, task.task_type))}</span>{scores}</h3>{body}</article>')
+            f'{_e(_type_name(task.task_type))}</span>{scores}</h3>{body}</article>')
 
 
 def _headline(run: RunData, task: TaskInfo) -> str:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..fileio import atomic_write
+from ..registry import TASK_TYPES
 from .run_data import RunData, TaskInfo, load_run, main_metric
 
 DPI = 150
@@ -237,6 +238,10 @@ def plot_entity_f1(task: str, reports: dict[str, dict[str, Any]], path: Path) ->
     return _save(fig, path)
 
 
+# Per-task plot kinds a task type may ask for (TaskType.plots): file name and plotting function.
+TASK_PLOTS = {"label_f1": (entity_f1_name, plot_entity_f1)}
+
+
 def _task_plots(run: RunData, task: TaskInfo, out: Path) -> list[Path | None]:
     reports = {split: r for (name, split), r in run.reports.items() if name == task.name}
     written: list[Path | None] = []
@@ -244,9 +249,17 @@ def _task_plots(run: RunData, task: TaskInfo, out: Path) -> list[Path | None]:
         confusion = (report.get("report") or {}).get("confusion_matrix")
         if isinstance(confusion, dict):
             written.append(plot_confusion(task.name, split, confusion, out / confusion_name(task.name, split)))
-    if task.task_type == "token_classification" and reports:
-        written.append(plot_entity_f1(task.name, reports, out / entity_f1_name(task.name)))
+    if reports:
+        for kind in _task_type_plots(task.task_type):
+            name, plot = TASK_PLOTS[kind]
+            written.append(plot(task.name, reports, out / name(task.name)))
     return written
+
+
+def _task_type_plots(task_type: str) -> tuple[str, ...]:
+    # A run may name a task type this process has not registered (a plug-in not imported):
+    # its generic plots still come out.
+    return TASK_TYPES.get(task_type).plots if task_type in TASK_TYPES else ()
 
 
 def write_plots(run_dir: str | Path) -> list[Path]:

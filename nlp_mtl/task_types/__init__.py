@@ -5,6 +5,6 @@ Importing this package registers the built-in types; a new type is one module he
 """
 
 from . import sequence_classification, token_classification  # noqa: F401
-from .base import TaskReport, TaskType
+from .base import HFExport, TaskReport, TaskType
 
-__all__ = ["TaskReport", "TaskType"]
+__all__ = ["HFExport", "TaskReport", "TaskType"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,9 +26,24 @@ class TaskReport:
         return {"task": self.task, "split": self.split, "metrics": self.metrics, "report": self.details}
 
 
+@dataclass
+class HFExport:
+    """A task as a stock (or remote-code) Hugging Face model, and the pipeline that serves it."""
+
+    model: Any
+    pipeline_task: str
+    remote_code: bool = False
+
+
 class TaskType(Protocol):
+    """Everything that differs between kinds of task; nothing outside ``task_types/`` asks
+    which kind a task is."""
+
     roles: Roles
     head: str
+    display_name: str
+    # Plot kinds (nlp_mtl.reporting.plots.TASK_PLOTS) drawn for this type beyond the generic ones.
+    plots: tuple[str, ...]
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         """Metrics a spec may name as its model-selection ``metric``."""
@@ -43,3 +59,13 @@ class TaskType(Protocol):
 
     def report(self, spec: TaskSpec, split: str, rows: list[Row], encoded: EncodedSplit,
                predictions: list[np.ndarray], labels: list[str]) -> TaskReport: ...
+
+    def predictions(self, logits: torch.Tensor, labels: list[str], words: list[Any],
+                    word_ids: list[list[int | None]] | None) -> list[dict[str, Any]]:
+        """``predict``'s output per example of a batch. ``words``: each input split into words
+        (``inference.Words``); ``word_ids``: sub-token -> word, for types that read words."""
+        ...
+
+    def export(self, model: Any, head: Any, config: Any, directory: Path) -> HFExport:
+        """The task's Hugging Face model; raises UserError where the head has no export."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,14 @@ from ..data.loading import has_text_pairs
 from ..config import TaskSpec
 from ..data.readers import Roles, Row
 from ..registry import TASK_TYPES
-from .base import TaskReport
+from .base import HFExport, TaskReport
 
 
 class SequenceClassification:
     roles = Roles(required=("text", "label"), optional=("text_pair",))
     head = "sequence_classification"
+    display_name = "sequence classification"
+    plots: tuple[str, ...] = ()
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         return ("accuracy", "macro_f1", "weighted_f1")
@@ -70,6 +73,17 @@ class SequenceClassification:
         details = {k: ({m: float(v) for m, v in d.items()} if isinstance(d, dict) else float(d)) for k, d in details.items()}
         details["confusion_matrix"] = {"labels": labels, "matrix": confusion.tolist()}
         return TaskReport(task=spec.name, split=split, metrics=metrics, text=text, details=details)
+
+    def predictions(self, logits: torch.Tensor, labels: list[str], words: list[Any],
+                    word_ids: list[list[int | None]] | None) -> list[dict[str, Any]]:
+        best_p, best = logits.float().softmax(-1).max(-1)
+        return [{"label": labels[b], "probability": round(p, 4)} for p, b in zip(best_p.tolist(), best.tolist())]
+
+    def export(self, model: Any, head: Any, config: Any, directory: Path) -> HFExport:
+        from ..export import sequence_model
+
+        hf_model, remote = sequence_model(model, head, config, directory)
+        return HFExport(hf_model, "text-classification", remote)
 
 
 TASK_TYPES.register("sequence_classification")(SequenceClassification())

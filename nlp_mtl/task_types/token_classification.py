@@ -7,6 +7,7 @@ recall honestly instead of silently shrinking the gold standard.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..data.fast_tokenize import encode_batch, rust_tokenizer
 from ..config import TaskSpec
 from ..data.readers import Roles, Row
 from ..registry import TASK_TYPES
-from .base import TaskReport
+from .base import HFExport, TaskReport
 
 
 def align_labels(word_ids: list[int | None], tags: list[str], label2id: dict[str, int]) -> tuple[list[int], list[int]]:
@@ -82,6 +83,8 @@ def token_level_report(spec: TaskSpec, split: str, gold: list[list[str]], pred: 
 class TokenClassification:
     roles = Roles(required=("tokens", "tags"), token_level=True)
     head = "token_classification"
+    display_name = "token classification"
+    plots: tuple[str, ...] = ("label_f1",)
 
     def metric_names(self, spec: TaskSpec) -> tuple[str, ...]:
         if spec.data.tag_scheme == "none":
@@ -137,6 +140,37 @@ class TokenClassification:
         }
         details = {k: {m: float(v) for m, v in d.items()} for k, d in details.items()}
         return TaskReport(task=spec.name, split=split, metrics=metrics, text=text, details=details)
+
+    def predictions(self, logits: torch.Tensor, labels: list[str], words: list[Any],
+                    word_ids: list[list[int | None]] | None) -> list[dict[str, Any]]:
+        assert word_ids is not None
+        # Best label and its probability for every position at once: one tensor op per batch,
+        # then plain Python lists (per-position tensor indexing cost more than the encoder).
+        best_p, best = logits.float().softmax(-1).max(-1)
+        best_p, best = best_p.tolist(), best.tolist()
+        return [_entities(w, word_ids[i], best_p[i], best[i], labels) for i, w in enumerate(words)]
+
+    def export(self, model: Any, head: Any, config: Any, directory: Path) -> HFExport:
+        from ..export import token_model
+
+        return HFExport(token_model(model, head, config), "token-classification")
+
+
+def _entities(words: Any, word_ids: list[int | None], best_p: list[float], best: list[int],
+              labels: list[str]) -> dict[str, Any]:
+    """A sentence's entities with character offsets and mean word scores, plus its word tags."""
+    tags, scores = ["O"] * len(words.words), [1.0] * len(words.words)
+    previous = None
+    for position, word in enumerate(word_ids):
+        if word is not None and word != previous:
+            tags[word], scores[word] = labels[best[position]], best_p[position]
+        previous = word
+    found = []
+    for kind, first, last in entities(tags):
+        start, end = words.spans[first][0], words.spans[last][1]
+        score = sum(scores[first : last + 1]) / (last - first + 1)
+        found.append({"type": kind, "text": words.text[start:end], "start": start, "end": end, "score": round(score, 4)})
+    return {"entities": found, "tags": tags, "words": words.words}
 
 
 TASK_TYPES.register("token_classification")(TokenClassification())
