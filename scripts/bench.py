@@ -131,13 +131,33 @@ def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, preci
         training=TrainingConfig(batch_size=batch_size, steps=warmup + steps, log_every=warmup, eval_every=10**6,
                                 checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision),
     )
+    meter = warmed_up_meter(warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        train(config, RunDir(Path(tmp) / "run"), quiet=True)
-        events = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    timed = [e for e in events if e["event"] == "train"][1:]  # the first interval holds the warm-up
-    seconds = sum(e["seconds"] for e in timed)
-    return {"samples_per_s": sum(e["examples_per_s"] * e["seconds"] for e in timed) / seconds,
-            "tokens_per_s": sum(e["tokens_per_s"] * e["seconds"] for e in timed) / seconds}
+        train(config, RunDir(Path(tmp) / "run"), quiet=True, callbacks=[meter])
+    seconds, examples, tokens = meter.reading()
+    return {"samples_per_s": examples / seconds, "tokens_per_s": tokens / seconds}
+
+
+def warmed_up_meter(warmup: int):
+    """The engine's throughput meter, installed as a callback, counting only the steps after
+    the first ``warmup``. (Built here: the bench imports torch only where it needs it.)"""
+    from nlp_mtl.training.callbacks import ThroughputMeter
+
+    class WarmedUpMeter(ThroughputMeter):
+        """Warm-up steps hold the one-off costs (allocator growth, kernel selection)."""
+
+        def __init__(self, warmup: int) -> None:
+            super().__init__()
+            self.warmup = warmup
+
+        def on_step_end(self, engine, micro_batches) -> None:
+            if engine.state.step > self.warmup:
+                super().on_step_end(engine, micro_batches)
+
+        def reading(self) -> tuple[float, int, int]:
+            return self.take()
+
+    return WarmedUpMeter(warmup)
 
 
 def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_size: int, device: str = "cpu",

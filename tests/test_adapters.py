@@ -42,14 +42,14 @@ def test_adapters_attach_to_the_right_layers_and_start_as_identity(tiny_bert, ki
     assert len(model.adapters["a"].deltas) == per_layer * layers
     ids, mask = _batch(model)
     bare = model.encode(ids, mask)
-    model.use_adapter("a")
     # LoRA's B and the bottleneck's up-projection start at zero: the adapted encoder is the base one.
-    assert torch.allclose(model.encode(ids, mask), bare, atol=1e-6)
+    assert torch.allclose(model.encode_through("a", ids, mask), bare, atol=1e-6)
     with torch.no_grad():
         for p in model.adapters["a"].parameters():
             p.add_(0.05 * torch.randn_like(p))
-    assert not torch.allclose(model.encode(ids, mask), bare, atol=1e-4)
-    model.use_adapter("b")  # the other group is still at its initialisation
+    assert not torch.allclose(model.encode_through("a", ids, mask), bare, atol=1e-4)
+    # the other group is still at its initialisation, and outside routed() the encoder is bare
+    assert torch.allclose(model.encode_through("b", ids, mask), bare, atol=1e-6)
     assert torch.allclose(model.encode(ids, mask), bare, atol=1e-6)
 
 
@@ -63,9 +63,9 @@ def test_lora_matches_the_formula_and_peft(tiny_bert):
     query = model.encoder.encoder.layer[0].attention.self.query
     delta = model.adapters["a"].deltas["encoder__layer__0__attention__self__query"]
     x = torch.randn(3, 5, query.in_features)
-    model.use_adapter("a")
     expected = x @ (query.weight + 2.0 * delta.lora_B @ delta.lora_A).t() + query.bias
-    assert torch.allclose(query(x), expected, atol=1e-5)
+    with model.routed("a"):
+        assert torch.allclose(query(x), expected, atol=1e-5)
 
     peft = pytest.importorskip("peft")
     from nlp_mtl.backbone import load_encoder
@@ -79,7 +79,7 @@ def test_lora_matches_the_formula_and_peft(tiny_bert):
             state[f"{prefix}.lora_B.default.weight"].copy_(d.lora_B)
     reference.load_state_dict(state)
     ids, mask = _batch(model)
-    ours = model.encode(ids, mask)
+    ours = model.encode_through("a", ids, mask)
     theirs = reference.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(ours, theirs, atol=1e-5)
 
@@ -274,3 +274,37 @@ def test_scaling_an_adapter_scales_what_it_adds_to_the_encoder(tiny_bert, kind, 
     torch.testing.assert_close(delta(x, base) - base, 0.25 * full)
     adapters.scale_(0.0)
     torch.testing.assert_close(delta(x, base), base)
+
+
+def test_passes_through_different_groups_run_concurrently_and_stay_correct(tiny_bert):
+    """Routing is per thread: two threads inside passes through different groups at the same
+    time (a barrier makes them overlap; a lock around passes would deadlock it) each get their
+    own group's output."""
+    import threading
+
+    model = _model(tiny_bert, "lora", {"rank": 4}).eval()
+    with torch.no_grad():
+        for group, scale in (("a", 0.05), ("b", -0.05)):
+            for p in model.adapters[group].parameters():
+                p.add_(scale * torch.ones_like(p))
+    ids, mask = _batch(model)
+    with torch.no_grad():
+        expected = {g: model.encode_through(g, ids, mask) for g in ("a", "b")}
+    assert not torch.allclose(expected["a"], expected["b"], atol=1e-4)
+    both_inside = threading.Barrier(2, timeout=20)
+    got: dict[str, torch.Tensor] = {}
+
+    def work(group: str) -> None:
+        with torch.no_grad(), model.routed(group):
+            both_inside.wait()
+            for _ in range(3):
+                got[group] = model.encode(ids, mask)
+
+    threads = [threading.Thread(target=work, args=(g,)) for g in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(got) == {"a", "b"}
+    for group in ("a", "b"):
+        assert torch.allclose(got[group], expected[group], atol=1e-6)

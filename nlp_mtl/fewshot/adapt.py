@@ -137,8 +137,8 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
     with torch.no_grad():
         for start in range(0, len(indices), 64):
             batch = {k: v.to(device) for k, v in collate(task.encoded["train"], indices[start : start + 64], pad_id).items()}
-            model.use_adapter(model.tasks[task.name].adapter)
-            hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            hidden = model.encode_through(model.tasks[task.name].adapter, batch["input_ids"], batch["attention_mask"],
+                                          batch.get("token_type_ids"))
             f, y = labelled_features(head, hidden, batch["attention_mask"], batch["labels"])
             feats.append(f)
             labels.append(y)

@@ -57,8 +57,7 @@ class EpisodeModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, features_only: bool = False) -> Any:
-        self.model.use_adapter(self.group)
-        hidden = self.model.encode(input_ids, attention_mask, token_type_ids)
+        hidden = self.model.encode_through(self.group, input_ids, attention_mask, token_type_ids)
         if features_only:
             return labelled_features(self.head, hidden, attention_mask, labels)
         logits = self.head(hidden, attention_mask)
@@ -202,8 +201,7 @@ def build_meta_model(config: ExperimentConfig, encoder: Any, tokenizer: Any) -> 
             raise ConfigError(f"meta.init_group: expected one of {', '.join(source.adapters)} "
                               f"(the adapter groups of {mc.init_from}), got {group!r}.")
         setup = AdapterSetup(source.adapter_setup.type, dict(source.adapter_setup.options), [META_GROUP])
-        source._hooks.remove()  # the encoder now belongs to the new model
-        model = MultiTaskModel(source.encoder, [], source.tokenizer, setup)
+        model = MultiTaskModel(source.detach_adapters(), [], source.tokenizer, setup)
         model.adapters[META_GROUP].load_state_dict(source.adapters[group].state_dict())
     else:
         if not config.adapters.enabled:
@@ -268,7 +266,6 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
                 with metrics_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
     bar.close()
-    model.use_adapter(None)
     return MetaResult(metrics_path.parent if metrics_path else Path("."), mc.episodes,
                       time.perf_counter() - started, history)
 

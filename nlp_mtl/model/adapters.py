@@ -22,9 +22,9 @@ adapter toward the pretrained encoder with it).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -87,7 +87,9 @@ class LoraOptions:
             raise ConfigError(f"{where}.dropout: expected a fraction in [0, 1), got {self.dropout}.")
 
 
-class LoraDelta(nn.Module):
+class LoraLayer(nn.Module):
+    """LoRA on one linear layer: its output plus (alpha / rank) B A x."""
+
     def __init__(self, in_features: int, out_features: int, options: LoraOptions) -> None:
         super().__init__()
         self.lora_A = nn.Parameter(torch.empty(options.rank, in_features))
@@ -121,7 +123,7 @@ class Lora(AdapterType):
 
     @staticmethod
     def build(linear: nn.Linear, options: LoraOptions) -> nn.Module:
-        return LoraDelta(linear.in_features, linear.out_features, options)
+        return LoraLayer(linear.in_features, linear.out_features, options)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,9 @@ class BottleneckOptions:
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 
-class BottleneckDelta(nn.Module):
+class BottleneckLayer(nn.Module):
+    """A bottleneck adapter after one linear layer: its output plus up(act(down(output)))."""
+
     def __init__(self, width: int, options: BottleneckOptions) -> None:
         super().__init__()
         self.down = nn.Linear(width, max(1, width // options.reduction_factor))
@@ -172,7 +176,7 @@ class Houlsby(AdapterType):
 
     @staticmethod
     def build(linear: nn.Linear, options: BottleneckOptions) -> nn.Module:
-        return BottleneckDelta(linear.out_features, options)
+        return BottleneckLayer(linear.out_features, options)
 
 
 @ADAPTERS.register("pfeiffer")
@@ -228,33 +232,41 @@ class AdapterSet(nn.Module):
 
 
 class AdapterHooks:
-    """Forward hooks on the target layers that add the active group's delta.
+    """Forward hooks on the target layers that run the routed group's adapter layers.
 
-    The active group is chosen per encoder pass (``active``); ``None`` runs the bare encoder.
-    ``routed(group)`` holds it for a whole pass: ``active`` is one setting on the shared model,
-    and a concurrent pass (another thread's predict) must not switch it halfway.
+    The group is context-local (``routed(group)``; None, the default, runs the bare encoder):
+    each thread or asyncio task routes its own passes, so concurrent predictions through
+    different groups of one shared model run side by side, each through its own group.
     """
 
     def __init__(self, encoder: nn.Module, adapters: nn.ModuleDict, targets: list[str]) -> None:
         self.adapters = adapters
-        self.active: str | None = None
-        self._pass_lock = threading.RLock()
+        self._group: contextvars.ContextVar[str | None] = contextvars.ContextVar(f"adapter_group_{id(self)}",
+                                                                                default=None)
         modules = dict(encoder.named_modules())
         self.handles = [modules[name].register_forward_hook(self._hook(module_key(name))) for name in targets]
 
     def _hook(self, key: str) -> Callable[..., torch.Tensor | None]:
         def add_delta(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
-            if self.active is None:
+            group = self._group.get()
+            if group is None:
                 return None
-            return self.adapters[self.active].deltas[key](inputs[0], output)
+            return self.adapters[group].deltas[key](inputs[0], output)
 
         return add_delta
 
+    @property
+    def active(self) -> str | None:
+        """The group this context's passes run through."""
+        return self._group.get()
+
     @contextlib.contextmanager
     def routed(self, group: str | None) -> Iterator[None]:
-        with self._pass_lock:
-            self.active = group
+        token = self._group.set(group)
+        try:
             yield
+        finally:
+            self._group.reset(token)
 
     def remove(self) -> None:
         for handle in self.handles:

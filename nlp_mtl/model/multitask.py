@@ -12,11 +12,13 @@ Nothing is pickled, so loading a directory never runs code from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import HEADS
+from ..schema import to_mapping
 from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets
 from .heads import Head
 
@@ -53,12 +56,26 @@ class TaskHeadInfo:
 
 @dataclass
 class AdapterSetup:
-    """Which adapters the model carries: one type and its options, one set per group."""
+    """Which adapters the model carries: one type and its options, one set per group.
+    ``options`` (as written in YAML or multitask.json) are parsed into the type's typed
+    ``Options`` once, here; everything else reads ``parsed``."""
 
     type: str
     options: dict[str, Any]
     groups: list[str]
     train_backbone: bool = False
+    parsed: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.parsed = parse_options(self.type, self.options, "adapters")
+
+    def same_kind(self, other: AdapterSetup) -> bool:
+        """Same type and the same options once defaults are filled in ({} == {reduction_factor: 16})."""
+        return self.type == other.type and self.parsed == other.parsed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "options": to_mapping(self.parsed), "groups": list(self.groups),
+                "train_backbone": self.train_backbone}
 
 
 class MultiTaskModel(nn.Module):
@@ -83,8 +100,7 @@ class MultiTaskModel(nn.Module):
         """Attach adapters of one type to the encoder, a set per group in ``setup.groups``."""
         if self.adapter_setup is not None:
             raise UserError("this model already has adapters; one model holds one kind.")
-        self._adapter_options = parse_options(setup.type, setup.options, "adapters")
-        self._adapter_targets = resolve_targets(self.encoder, setup.type, self._adapter_options)
+        self._adapter_targets = resolve_targets(self.encoder, setup.type, setup.parsed)
         self.adapter_setup = AdapterSetup(setup.type, dict(setup.options), [], setup.train_backbone)
         for group in setup.groups:
             self.add_adapter_group(group)
@@ -107,14 +123,12 @@ class MultiTaskModel(nn.Module):
         if info.adapter is not None and all(t.adapter != info.adapter for t in self.tasks.values()):
             del self.adapters[info.adapter]
             self.adapter_setup.groups.remove(info.adapter)
-            if self._hooks is not None and self._hooks.active == info.adapter:
-                self._hooks.active = None
 
     def add_adapter_group(self, group: str, copy_from: str | None = None) -> nn.Module:
         """A new adapter set: fresh (the adapter type's own initialisation) or a copy of another."""
         if self.adapter_setup is None:
             raise UserError("this model has no adapters; train with an 'adapters:' section to use them.")
-        adapter_set = AdapterSet(self.encoder, self.adapter_setup.type, self._adapter_options, self._adapter_targets)
+        adapter_set = AdapterSet(self.encoder, self.adapter_setup.type, self.adapter_setup.parsed, self._adapter_targets)
         if copy_from is not None:
             adapter_set.load_state_dict(self.adapters[copy_from].state_dict())
         device = next(self.encoder.parameters()).device
@@ -123,11 +137,23 @@ class MultiTaskModel(nn.Module):
             self.adapter_setup.groups.append(group)
         return self.adapters[group]
 
-    def use_adapter(self, group: str | None) -> None:
-        """Route the next encoder passes through ``group``'s adapters (None: the bare encoder)."""
+    @contextlib.contextmanager
+    def routed(self, group: str | None) -> Iterator[None]:
+        """Encoder passes inside run through ``group``'s adapters (None: the bare encoder); the
+        routing is this thread's (context's) own, so concurrent passes never see each other's."""
         self._check_group(group)
+        if self._hooks is None:
+            yield
+            return
+        with self._hooks.routed(group):
+            yield
+
+    def detach_adapters(self) -> nn.Module:
+        """Remove the adapter hooks from the encoder and return it (bare) for another model."""
         if self._hooks is not None:
-            self._hooks.active = group
+            self._hooks.remove()
+            self._hooks = None
+        return self.encoder
 
     def _check_group(self, group: str | None) -> None:
         if group is not None and group not in self.adapters:
@@ -151,10 +177,7 @@ class MultiTaskModel(nn.Module):
     def encode_through(self, group: str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One encoder pass through ``group``'s adapters; safe beside passes in other threads."""
-        if self._hooks is None:
-            return self.encode(input_ids, attention_mask, token_type_ids)
-        self._check_group(group)
-        with self._hooks.routed(group):
+        with self.routed(group):
             return self.encode(input_ids, attention_mask, token_type_ids)
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -210,7 +233,7 @@ class MultiTaskModel(nn.Module):
                 (tmp / "adapters").mkdir()
                 for group, adapter_set in self.adapters.items():
                     save_file(_cpu_state(adapter_set), tmp / "adapters" / f"{group}.safetensors")
-                manifest["adapters"] = asdict(self.adapter_setup)
+                manifest["adapters"] = self.adapter_setup.to_json()
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             replace_dir(tmp, directory)
         finally:

@@ -63,7 +63,7 @@ def save_task_package(model: MultiTaskModel, task: str, directory: str | Path, o
         meta = {
             "format": PACKAGE_FORMAT, "format_version": PACKAGE_VERSION,
             "task": asdict(info),
-            "adapter": {"type": model.adapter_setup.type, "options": model.adapter_setup.options},
+            "adapter": {"type": model.adapter_setup.type, "options": model.adapter_setup.to_json()["options"]},
             "encoder": {"fingerprint": encoder_fingerprint(model.encoder),
                         "name_or_path": getattr(model.encoder.config, "_name_or_path", "")},
         }
@@ -119,7 +119,4 @@ def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
 
 
 def same_adapters(a: AdapterSetup, b: AdapterSetup) -> bool:
-    """Same type and the same options once defaults are filled in ({} == {reduction_factor: 16})."""
-    from .adapters import parse_options
-
-    return a.type == b.type and parse_options(a.type, a.options, "adapters") == parse_options(b.type, b.options, "adapters")
+    return a.same_kind(b)
