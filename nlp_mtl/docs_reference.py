@@ -237,6 +237,7 @@ def config_page() -> str:
         Section("`backbone`", cfg.BackboneConfig, "backbone"),
         Section("`sampler`", cfg.SamplerConfig, "sampler"),
         Section("`training`", cfg.TrainingConfig, "training"),
+        Section("`training.early_stopping`", cfg.EarlyStoppingConfig, "early-stopping"),
         Section("`data`", cfg.DataConfig, "data"),
         Section("`adapters`", cfg.AdapterConfig, "adapters", allowed={"type": _names(["none", *ADAPTERS.names()])}),
         *_adapter_option_sections(),
