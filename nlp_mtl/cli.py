@@ -322,19 +322,19 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from .config import BUILTIN_TASKS_DIR, default_data_root, load_task_spec
+    from .config import builtin_task_specs, default_data_root, load_task_spec, resolve_task_path
     from .data.loading import load_task_data, summarise
     from .data.pipeline import check_spec
 
     if args.tasks_command == "list":
-        for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml")):
+        for path in builtin_task_specs().values():
             spec = load_task_spec(path)
             print(f"{spec.name:20s} {spec.type:26s} {path}")
         return 0
     root = Path(args.data_root).expanduser().resolve() if args.data_root else default_data_root()
     summaries = []
     for file in args.files:
-        spec = load_task_spec(file)
+        spec = load_task_spec(resolve_task_path(file))  # a spec file, or a built-in name
         check_spec(spec)
         summary = summarise(load_task_data(spec, root))
         summaries.append(summary)

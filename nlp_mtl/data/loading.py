@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ..config import CarvedSplit, TaskSpec
+from ..config import CarvedSplit, TaskSpec, data_root_help
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, one_at_a_time
 from ..registry import READERS, TASK_TYPES
@@ -50,7 +50,7 @@ def resolve_data_path(spec: TaskSpec, relative: str, root: Path) -> Path:
     raise DataError(
         f"{spec.source}: data file '{relative}' not found (looked at {tried}); "
         "relative paths resolve against the data root (data.root in the experiment config, "
-        "--data-root, or NLP_MTL_DATA_ROOT) and then the spec file's folder."
+        "--data-root, or NLP_MTL_DATA_ROOT) and then the spec file's folder." + data_root_help(root)
     )
 
 
