@@ -94,11 +94,29 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class LabelsFromSplits:
+    """``labels: {from_splits: [train, validation, test]}``: the label set is every label these
+    splits hold, for a label too rare to be in train (the head gets an output for it). Train is
+    always among them; a split not listed is still checked against the set."""
+
+    from_splits: list[Literal["train", "validation", "test"]]
+
+    def validate(self, where: str) -> None:
+        if "train" not in self.from_splits:
+            raise ConfigError(f"{where}.from_splits: must include train (the labels the model learns), "
+                              f"got {self.from_splits}.")
+        if len(set(self.from_splits)) != len(self.from_splits):
+            raise ConfigError(f"{where}.from_splits: names a split twice ({self.from_splits}).")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     type: str
     data: DataSpec
-    labels: list[str] | None = None
+    # None: the train split's labels. A list: exactly these (a label outside it is an error in
+    # any split). LabelsFromSplits: those of the listed splits.
+    labels: list[str] | LabelsFromSplits | None = None
     max_length: int = 128
     metric: str | None = None
     loss_weight: float = 1.0
@@ -114,7 +132,7 @@ class TaskSpec:
             raise ConfigError(f"{where}.max_length: expected an integer >= 8, got {self.max_length}.")
         if self.loss_weight <= 0 or self.sampling_weight <= 0:
             raise ConfigError(f"{where}: loss_weight and sampling_weight must be > 0.")
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+        if isinstance(self.labels, list) and len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"{where}.labels: contains duplicates.")
 
 
@@ -531,6 +549,7 @@ __all__ = [
     "DataConfig",
     "DataSpec",
     "ExperimentConfig",
+    "LabelsFromSplits",
     "SamplerConfig",
     "TaskEntry",
     "TaskSpec",
