@@ -26,6 +26,8 @@ EXAMPLES = {
              "         nlp-mtl adapt runs/meta --task my_task.yaml --shots 8 --init fresh --save adapted/my_task",
     "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
     "tasks list": "example: nlp-mtl tasks list",
+    "tasks init": "example: nlp-mtl tasks init data/ner/train.txt --out tasks/my_ner.yaml\n"
+                  "         nlp-mtl tasks init ../shared/data/conll2003/train.txt --column tags=1 --name conll2003_pos",
 }
 
 
@@ -111,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="save the last seed's adapter + head as a task package")
     p.add_argument("--overwrite", action="store_true", help="replace an existing task package at --save")
 
-    p = sub.add_parser("tasks", help="check or list task spec files", formatter_class=fmt,
-                       epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"])
+    p = sub.add_parser("tasks", help="check, list or draft task spec files", formatter_class=fmt,
+                       epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"] + "\n" + EXAMPLES["tasks init"])
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     v = tasks_sub.add_parser("validate", help="check spec files and their data, print counts and labels",
                              epilog=EXAMPLES["tasks validate"], formatter_class=fmt)
@@ -120,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--data-root", help="folder that relative data paths resolve against")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     tasks_sub.add_parser("list", help="list the built-in task specs", epilog=EXAMPLES["tasks list"], formatter_class=fmt)
+    from .task_init import add_arguments
+
+    add_arguments(tasks_sub.add_parser("init", help="draft a spec from a data file: format, roles, tag scheme, labels",
+                                       epilog=EXAMPLES["tasks init"], formatter_class=fmt))
     return parser
 
 
@@ -326,6 +332,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from .data.loading import load_task_data, summarise
     from .data.pipeline import check_spec
 
+    if args.tasks_command == "init":
+        from .task_init import cmd_init
+
+        return cmd_init(args)
     if args.tasks_command == "list":
         for path in builtin_task_specs().values():
             spec = load_task_spec(path)
