@@ -24,7 +24,7 @@ EXAMPLES = {
     "meta-train": "example: nlp-mtl meta-train configs/meta_ner_trec_sst2.yaml --set meta.episodes=200",
     "adapt": "example: nlp-mtl adapt runs/meta --task tasks/conll2003_chunk.yaml --shots 16 --seeds 5\n"
              "         nlp-mtl adapt runs/meta --task my_task.yaml --shots 8 --init fresh --save adapted/my_task",
-    "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
+    "tasks validate": "example: nlp-mtl tasks validate conll2003_ner my_task.yaml   # built-in names or spec files",
     "tasks list": "example: nlp-mtl tasks list",
     "tasks init": "example: nlp-mtl tasks init data/ner/train.txt --out tasks/my_ner.yaml\n"
                   "         nlp-mtl tasks init ../shared/data/conll2003/train.txt --column tags=1 --name conll2003_pos",
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     v = tasks_sub.add_parser("validate", help="check spec files and their data, print counts and labels",
                              epilog=EXAMPLES["tasks validate"], formatter_class=fmt)
-    v.add_argument("files", nargs="+")
+    v.add_argument("files", nargs="+", help="spec files or built-in task names (nlp-mtl tasks list)")
     v.add_argument("--data-root", help="folder that relative data paths resolve against")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     tasks_sub.add_parser("list", help="list the built-in task specs", epilog=EXAMPLES["tasks list"], formatter_class=fmt)

@@ -455,6 +455,9 @@ def draft(path: Path, task_type: str | None = None, columns: list[str] | None = 
         if width < 2:
             raise _refuse(path, "one column per line: tokens without tags.")
         forced = _parse_columns(columns or [], fmt, False)
+        if set(forced) - {"tokens", "tags"}:
+            raise ConfigError(f"--column {', '.join(sorted(set(forced) - {'tokens', 'tags'}))}: CoNLL columns hold "
+                              "tokens and tags only.")
         tokens, tags = int(forced.get("tokens", 0)), int(forced.get("tags", width - 1))
         if not (0 <= tags < width and 0 <= tokens < width) or tags == tokens:
             raise _refuse(path, f"--column: the file has columns 0..{width - 1}, and tokens and tags must differ.")
