@@ -24,8 +24,10 @@ EXAMPLES = {
     "meta-train": "example: nlp-mtl meta-train configs/meta_ner_trec_sst2.yaml --set meta.episodes=200",
     "adapt": "example: nlp-mtl adapt runs/meta --task tasks/conll2003_chunk.yaml --shots 16 --seeds 5\n"
              "         nlp-mtl adapt runs/meta --task my_task.yaml --shots 8 --init fresh --save adapted/my_task",
-    "tasks validate": "example: nlp-mtl tasks validate tasks/conll2003_ner.yaml tasks/trec_coarse.yaml",
+    "tasks validate": "example: nlp-mtl tasks validate conll2003_ner my_task.yaml   # built-in names or spec files",
     "tasks list": "example: nlp-mtl tasks list",
+    "tasks init": "example: nlp-mtl tasks init data/ner/train.txt --out tasks/my_ner.yaml\n"
+                  "         nlp-mtl tasks init ../shared/data/conll2003/train.txt --column tags=1 --name conll2003_pos",
 }
 
 
@@ -111,15 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="save the last seed's adapter + head as a task package")
     p.add_argument("--overwrite", action="store_true", help="replace an existing task package at --save")
 
-    p = sub.add_parser("tasks", help="check or list task spec files", formatter_class=fmt,
-                       epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"])
+    p = sub.add_parser("tasks", help="check, list or draft task spec files", formatter_class=fmt,
+                       epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"] + "\n" + EXAMPLES["tasks init"])
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     v = tasks_sub.add_parser("validate", help="check spec files and their data, print counts and labels",
                              epilog=EXAMPLES["tasks validate"], formatter_class=fmt)
-    v.add_argument("files", nargs="+")
+    v.add_argument("files", nargs="+", help="spec files or built-in task names (nlp-mtl tasks list)")
     v.add_argument("--data-root", help="folder that relative data paths resolve against")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     tasks_sub.add_parser("list", help="list the built-in task specs", epilog=EXAMPLES["tasks list"], formatter_class=fmt)
+    from .task_init import add_arguments
+
+    add_arguments(tasks_sub.add_parser("init", help="draft a spec from a data file: format, roles, tag scheme, labels",
+                                       epilog=EXAMPLES["tasks init"], formatter_class=fmt))
     return parser
 
 
@@ -322,19 +328,23 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from .config import BUILTIN_TASKS_DIR, default_data_root, load_task_spec
+    from .config import builtin_task_specs, default_data_root, load_task_spec, resolve_task_path
     from .data.loading import load_task_data, summarise
     from .data.pipeline import check_spec
 
+    if args.tasks_command == "init":
+        from .task_init import cmd_init
+
+        return cmd_init(args)
     if args.tasks_command == "list":
-        for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml")):
+        for path in builtin_task_specs().values():
             spec = load_task_spec(path)
             print(f"{spec.name:20s} {spec.type:26s} {path}")
         return 0
     root = Path(args.data_root).expanduser().resolve() if args.data_root else default_data_root()
     summaries = []
     for file in args.files:
-        spec = load_task_spec(file)
+        spec = load_task_spec(resolve_task_path(file))  # a spec file, or a built-in name
         check_spec(spec)
         summary = summarise(load_task_data(spec, root))
         summaries.append(summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,30 @@ from .schema import from_mapping, to_mapping
 
 DATA_ROOT_ENV = "NLP_MTL_DATA_ROOT"
 PACKAGE_ROOT = Path(__file__).resolve().parent
+# The folder above the package: a source checkout in a development install, site-packages (or
+# wherever pip put the package) otherwise; only used where it holds a checkout.
 REPO_ROOT = PACKAGE_ROOT.parent
-BUILTIN_TASKS_DIR = REPO_ROOT / "tasks"
+
+
+def _builtin_tasks_dir() -> Path:
+    """The built-in specs: package data of ``nlp_mtl.builtin_tasks`` (the checkout's tasks/ in an
+    editable install, see setup.py), so a wheel finds them without a checkout."""
+    try:
+        found = resources.files("nlp_mtl.builtin_tasks")
+    except ModuleNotFoundError:
+        # The checkout is on sys.path without being installed, so no finder maps the package.
+        return REPO_ROOT / "tasks"
+    if not isinstance(found, Path):
+        raise RuntimeError(f"nlp_mtl.builtin_tasks is not on the file system ({found}); install nlp-mtl unzipped.")
+    return found
+
+
+BUILTIN_TASKS_DIR = _builtin_tasks_dir()
+
+
+def builtin_task_specs() -> dict[str, Path]:
+    """Built-in spec name -> file, e.g. 'conll2003_ner' -> .../conll2003_ner.yaml."""
+    return {path.stem: path for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml"))}
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,22 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class LabelsFromSplits:
+    """``labels: {from_splits: [train, validation, test]}``: the label set is every label these
+    splits hold, for a label too rare to be in train (the head gets an output for it). Train is
+    always among them; a split not listed is still checked against the set."""
+
+    from_splits: list[Literal["train", "validation", "test"]]
+
+    def validate(self, where: str) -> None:
+        if "train" not in self.from_splits:
+            raise ConfigError(f"{where}.from_splits: must include train (the labels the model learns), "
+                              f"got {self.from_splits}.")
+        if len(set(self.from_splits)) != len(self.from_splits):
+            raise ConfigError(f"{where}.from_splits: names a split twice ({self.from_splits}).")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     # Unique task name: letters, digits, '_' or '-' (it names report files).
     name: str
@@ -93,8 +132,9 @@ class TaskSpec:
     type: str
     # Where the examples are and how to read them.
     data: DataSpec
-    # The label list; default: inferred from train. Needed when a dev/test label never occurs in train.
-    labels: list[str] | None = None
+    # None: the train split's labels. A list: exactly these (a label outside it is an error in
+    # any split). {from_splits: [...]}: those of the listed splits.
+    labels: list[str] | LabelsFromSplits | None = None
     # Sub-word tokens per input; longer inputs are truncated, and counted in the reports.
     max_length: int = 128
     # Model-selection metric. Default: f1 for token tasks (accuracy with tag_scheme none), accuracy for sequence tasks.
@@ -115,7 +155,7 @@ class TaskSpec:
             raise ConfigError(f"{where}.max_length: expected an integer >= 8, got {self.max_length}.")
         if self.loss_weight <= 0 or self.sampling_weight <= 0:
             raise ConfigError(f"{where}: loss_weight and sampling_weight must be > 0.")
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+        if isinstance(self.labels, list) and len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"{where}.labels: contains duplicates.")
 
 
@@ -471,7 +511,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
 
 def resolve_task_path(entry: str, config_source: str = "") -> Path:
     """A task entry is a spec file path (relative to the config file, then the working
-    directory) or the name of a built-in spec in ``tasks/``."""
+    directory) or the name of a built-in spec (``nlp-mtl tasks list``)."""
     candidates = []
     if config_source:
         candidates.append(Path(config_source).parent / entry)
@@ -507,22 +547,53 @@ def load_tasks(config: ExperimentConfig) -> list[TaskSpec]:
     return specs
 
 
+def _search_bases(config_source: str = "") -> list[Path]:
+    """Folders around which a ``shared/data`` is looked for when no data root is given: the working
+    directory, the experiment config's folder, and last the source checkout (in a development
+    install only: an installed package has no checkout around it)."""
+    bases = [Path.cwd().resolve()]
+    if config_source:
+        bases.append(Path(config_source).resolve().parent)
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "tasks").is_dir():
+        bases.append(REPO_ROOT)
+    return list(dict.fromkeys(bases))
+
+
+def _search(base: Path) -> Path | None:
+    for parent in [base, *base.parents][:4]:
+        for candidate in (parent / "shared" / "data", parent.parent / "shared" / "data"):
+            if candidate.is_dir():
+                return candidate.resolve()
+    return None
+
+
 def default_data_root(config_source: str = "") -> Path:
+    """$NLP_MTL_DATA_ROOT, else the first ``shared/data`` found in or beside the working directory,
+    the config's folder or the checkout (up to three folders up). When there is none, a path that
+    does not exist: absolute data paths still work, and a relative one gets ``data_root_help``."""
     env = os.environ.get(DATA_ROOT_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    bases = [Path.cwd(), REPO_ROOT]
-    if config_source:
-        bases.insert(1, Path(config_source).parent)
+    bases = _search_bases(config_source)
     for base in bases:
-        for parent in [base, *base.parents][:4]:
-            candidate = parent / "shared" / "data"
-            if candidate.is_dir():
-                return candidate.resolve()
-            candidate = parent.parent / "shared" / "data"
-            if candidate.is_dir():
-                return candidate.resolve()
-    return (REPO_ROOT.parent / "shared" / "data").resolve()
+        found = _search(base)
+        if found is not None:
+            return found
+    return bases[0] / "shared" / "data"
+
+
+def data_root_help(root: Path) -> str:
+    """Why ``root`` is the data root and how to set another, for a 'file not found' message."""
+    if root.is_dir():
+        return ""
+    how = f"give one with --data-root, data.root in the experiment config, or the environment variable {DATA_ROOT_ENV}"
+    bases = _search_bases()
+    if os.environ.get(DATA_ROOT_ENV) or root != bases[0] / "shared" / "data":
+        origin = f" (from {DATA_ROOT_ENV})" if os.environ.get(DATA_ROOT_ENV) else ""
+        return f" The data root {root}{origin} does not exist; {how}."
+    looked = " or ".join(str(b) for b in bases)
+    return (f" No data root was given, and no shared/data was found in or beside {looked}, three folders up, "
+            f"or the experiment config's folder; {how}.")
 
 
 def config_relative(path: str, config: ExperimentConfig) -> Path:
@@ -550,6 +621,7 @@ __all__ = [
     "DataConfig",
     "DataSpec",
     "ExperimentConfig",
+    "LabelsFromSplits",
     "SamplerConfig",
     "TaskEntry",
     "TaskSpec",

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ..config import CarvedSplit, TaskSpec
+from ..config import CarvedSplit, LabelsFromSplits, TaskSpec, data_root_help
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, one_at_a_time
 from ..registry import READERS, TASK_TYPES
@@ -50,7 +50,7 @@ def resolve_data_path(spec: TaskSpec, relative: str, root: Path) -> Path:
     raise DataError(
         f"{spec.source}: data file '{relative}' not found (looked at {tried}); "
         "relative paths resolve against the data root (data.root in the experiment config, "
-        "--data-root, or NLP_MTL_DATA_ROOT) and then the spec file's folder."
+        "--data-root, or NLP_MTL_DATA_ROOT) and then the spec file's folder." + data_root_help(root)
     )
 
 
@@ -236,8 +236,8 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
     carve = spec.data.validation if isinstance(spec.data.validation, CarvedSplit) else None
     keep = stream.limit if stream.limit is not None else float("inf")
     counts: Counter = Counter()
-    allowed = set(spec.labels) if spec.labels is not None else None
-    declared = list(spec.labels or [])
+    declared = list(spec.labels) if isinstance(spec.labels, list) else []
+    allowed = set(declared) if isinstance(spec.labels, list) else None
     n_rows, seen = 0, set()
     for n_rows, row in enumerate(stream.all_rows(), 1):
         if carve is None and n_rows <= keep:
@@ -282,6 +282,7 @@ def _check_allowed(spec: TaskSpec, row: Row, values: list[str], allowed: set[str
             raise DataError(
                 f"{source}:{_line(spec, row, i)}: label '{value}' never appears in {origin}; "
                 f"known labels: {', '.join(labels)}. Declare it under 'labels:' in {spec.source} "
+                "(or take the labels of every split: labels: {from_splits: [train, validation, test]}) "
                 "if it is real, or fix the data."
             )
 
@@ -324,16 +325,27 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
             raise DataError(f"{sources[split]}: the {split} split is empty.")
         if split not in normalised:
             _normalise_labels(spec, rows, roles, sources[split])
-    if spec.labels is not None:
+    inferred_from: tuple[str, ...] = ()
+    if isinstance(spec.labels, list):
         labels = list(spec.labels)
         allowed, origin = set(labels), "the labels declared in the spec"
     else:
-        seen = train_labels if train_labels is not None else _labels_of(splits["train"], roles.token_level)
+        inferred_from = tuple(spec.labels.from_splits) if isinstance(spec.labels, LabelsFromSplits) else ("train",)
+        seen: set[str] = set()
+        for split in inferred_from:
+            if split not in splits:
+                raise ConfigError(f"{spec.source}: labels.from_splits names '{split}', and this task has no "
+                                  f"{split} split (data.{split}).")
+            if split == "train" and train_labels is not None:
+                seen |= train_labels
+            else:
+                seen |= _labels_of(splits[split], roles.token_level)
         labels = order_labels(seen, roles.token_level, spec.data.tag_scheme)
-        allowed, origin = set(labels), "the train split"
+        allowed = set(labels)
+        origin = "the train split" if inferred_from == ("train",) else f"the {', '.join(inferred_from)} splits"
     for split, rows in splits.items():
-        if split == "train" and (spec.labels is None or isinstance(rows, StreamedRows)):
-            continue  # train labels are the inferred ones, or were checked while streaming
+        if split in inferred_from or (split == "train" and isinstance(rows, StreamedRows)):
+            continue  # labels are inferred from this split, or were checked while streaming
         for row in rows:
             _check_allowed(spec, row, _row_labels(row, roles.token_level), allowed, labels, sources[split], origin)
     for split, n in limit.items():
