@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .devices import default_device
 from .errors import UserError
@@ -91,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder that relative data paths in task specs resolve against")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
 
+    _add_adapt_parser(sub, fmt)
+    _add_tasks_parser(sub, fmt)
+    return parser
+
+
+def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p = sub.add_parser("adapt", help="few-shot: adapt a run's adapter initialisation to a new task, per seed",
                        epilog=EXAMPLES["adapt"], formatter_class=fmt)
     p.add_argument("run_dir", help="run directory (meta-train or train) or saved model directory")
@@ -113,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="save the last seed's adapter + head as a task package")
     p.add_argument("--overwrite", action="store_true", help="replace an existing task package at --save")
 
+
+def _add_tasks_parser(sub: Any, fmt: type) -> None:
     p = sub.add_parser("tasks", help="check, list or draft task spec files", formatter_class=fmt,
                        epilog=EXAMPLES["tasks validate"] + "\n" + EXAMPLES["tasks list"] + "\n" + EXAMPLES["tasks init"])
     tasks_sub = p.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
@@ -126,7 +135,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(tasks_sub.add_parser("init", help="draft a spec from a data file: format, roles, tag scheme, labels",
                                        epilog=EXAMPLES["tasks init"], formatter_class=fmt))
-    return parser
 
 
 def _positive_int(text: str) -> int:
