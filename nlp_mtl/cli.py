@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("meta-train", help="meta-learn an adapter initialisation from episodes of the config's tasks",
                        epilog=EXAMPLES["meta-train"], formatter_class=fmt)
-    p.add_argument("config", help="experiment config YAML with 'adapters:' and 'meta:' sections")
+    p.add_argument("config", nargs="?", help="experiment config YAML with 'adapters:' and 'meta:' sections "
+                                             "(not needed with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted meta-training from its last checkpoint")
     p.add_argument("--output-dir", help="run directory (default: output_dir in the config, else runs/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. meta.episodes=200 (repeatable)")
@@ -157,15 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     if args.resume:
-        from dataclasses import replace
-
-        run = RunDir(args.resume)
-        config, _, root = run.read_experiment()
-        if args.config or args.overrides:
-            raise UserError("train --resume RUN_DIR takes its config from the run; drop CONFIG and --set.")
-        if run.finished_path.exists():
-            raise UserError(f"{run.path}: this run already finished; nothing to resume.")
-        config = replace(config, data=replace(config.data, root=str(Path(args.data_root or root).resolve())))
+        run, config = _resumed_run(args, "train")
         result = train(config, run, quiet=args.quiet, resume=True)
     else:
         if not args.config:
@@ -176,6 +170,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
     return 0
+
+
+def _resumed_run(args: argparse.Namespace, command: str) -> tuple[Any, Any]:
+    """The run to continue and its own config, its data root overridable."""
+    from dataclasses import replace
+
+    from .run_dir import RunDir
+
+    run = RunDir(args.resume)
+    config, _, root = run.read_experiment()
+    if args.config or args.overrides:
+        raise UserError(f"{command} --resume RUN_DIR takes its config from the run; drop CONFIG and --set.")
+    if run.finished_path.exists():
+        raise UserError(f"{run.path}: this run already finished; nothing to resume.")
+    config = replace(config, data=replace(config.data, root=str(Path(args.data_root or root).resolve())))
+    return run, config
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -292,9 +302,15 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from .fewshot.meta import meta_train
     from .run_dir import RunDir
 
-    config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-    run = RunDir.for_config(config, args.output_dir)
-    result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+    if args.resume:
+        run, config = _resumed_run(args, "meta-train")
+        result = meta_train(config, run, quiet=args.quiet, resume=True)
+    else:
+        if not args.config:
+            raise UserError("meta-train: give an experiment CONFIG, or --resume RUN_DIR.")
+        config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
+        run = RunDir.for_config(config, args.output_dir)
+        result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"meta-training took {result.seconds / 60:.1f} min")
     return 0

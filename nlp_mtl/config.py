@@ -371,8 +371,11 @@ class MetaConfig:
     init_from: str | None = None
     # Adapter group of init_from to start from; default: its only group.
     init_group: str | None = None
-    # Query loss and accuracy before/after adaptation are logged every this many episodes.
-    log_every: int = 20
+    # Query loss and accuracy before/after adaptation are logged every this many steps (one
+    # step: one outer update, meta_batch episodes on each process).
+    log_every: int = 10
+    # A resumable checkpoint every this many steps (nlp-mtl meta-train --resume RUN_DIR).
+    checkpoint_every: int = 50
     # Share of episodes that are self-supervised "which word was masked?" tasks made from the
     # training tasks' own text (nlp_mtl/fewshot/masked_words.py): new label sets without end,
     # where the training tasks' few label sets are soon exhausted. Split evenly over the levels.
@@ -381,7 +384,8 @@ class MetaConfig:
     masked_word_levels: list[str] = field(default_factory=lambda: ["sentence", "token"])
 
     def validate(self, where: str) -> None:
-        for key in ("episodes", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "log_every"):
+        for key in ("episodes", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "log_every",
+                    "checkpoint_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
         if not 2 <= self.min_ways <= self.ways:

@@ -158,6 +158,11 @@ class EpisodeSampler:
             raise ValueError(f"task '{task}': fewer than 2 classes have {shots + query_shots} training examples; "
                              "lower meta.shots/meta.query_shots.")
 
+    def reseed(self, seed: int | list[int]) -> None:
+        """Draw the next episodes from ``seed``: meta-training makes each episode a function of
+        its step, so a resumed run draws what the uninterrupted one drew."""
+        self.rng = np.random.default_rng(seed)
+
     def sample(self) -> Episode:
         top = min(self.ways, len(self.eligible))
         ways = int(self.rng.integers(min(self.min_ways, top), top + 1))

@@ -120,6 +120,10 @@ class MaskedWordEpisodes:
         self.name = f"masked_words_{level}"
         self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
 
+    def reseed(self, seed: int | list[int]) -> None:
+        """Draw the next episodes from ``seed`` (see EpisodeSampler.reseed)."""
+        self.rng = np.random.default_rng(seed)
+
     def sample(self) -> EpisodeBatches:
         for _ in range(20):  # rarely, the drawn words cannot fill an episode: draw again
             ways = int(self.rng.integers(self.min_ways, self.ways + 1))

@@ -15,7 +15,8 @@ The encoder stays frozen; only the adapter initialisation is learnt.
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig, MetaConfig
 from ..data.encoding import collate
 from ..data.pipeline import PreparedTask
-from ..devices import default_device
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..model import AdapterSetup, MultiTaskModel
 from ..model.heads import Head
 from ..registry import HEADS
+from ..training.accelerator import make_accelerator
+from ..training.callbacks import Checkpointer, JsonlLog, ProgressBar, ThroughputMeter
+from ..training.checkpoint import find_checkpoint, load_checkpoint
+from ..training.engine import Batch, Callback, Engine, EngineState, MicroBatch
+from ..training.guard import NonFiniteGuard
+from ..training.tracking import resolve_trackers
 from .episodes import ClassIndex, Episode, EpisodeBatches, EpisodeSampler
 from .masked_words import MaskedWordCorpus, MaskedWordEpisodes
 from .prototypes import labelled_features, prototype_weights
@@ -80,6 +85,9 @@ class TaskEpisodes:
         except ValueError as err:
             raise ConfigError(f"{task.spec.source}: {err}") from None
         self.task, self.pad_id, self.name = task, pad_id, task.name
+
+    def reseed(self, seed: int | list[int]) -> None:
+        self.sampler.reseed(seed)
 
     def sample(self) -> EpisodeBatches:
         episode = self.sampler.sample()
@@ -213,111 +221,239 @@ def build_meta_model(config: ExperimentConfig, encoder: Any, tokenizer: Any) -> 
     return model
 
 
-def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaConfig, seed: int,
-                    metrics_path: Path | None = None, quiet: bool = False) -> MetaResult:
-    """Learn ``model.adapters['meta']`` in place."""
-    started = time.perf_counter()
-    device = next(model.parameters()).device
-    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed)
-    rng = np.random.default_rng(seed)
-    hidden = model.encoder.config.hidden_size
-    init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
-    outer = torch.optim.Adam(init.values(), lr=mc.outer_lr)
-    history: list[dict[str, float]] = []
-    window: list[tuple[str, EpisodeResult]] = []
-    model.train()
-    bar = tqdm(range(mc.episodes), desc=f"meta-training ({mc.algorithm})", disable=quiet, dynamic_ncols=True)
-    for episode_number in bar:
-        # An even draw keeps the episode order of runs made before masked-word episodes existed.
-        pick = rng.integers(len(sources)) if np.ptp(weights) == 0 else rng.choice(len(sources), p=weights)
+class EpisodeSource:
+    """The engine's batch source for meta-training. Micro-step m's episode is a function of
+    (seed, process, m) alone, so a resumed run draws exactly the episodes the uninterrupted one
+    would, with nothing to checkpoint; each process draws its own."""
+
+    def __init__(self, sources: list[TaskEpisodes | MaskedWordEpisodes], weights: np.ndarray, seed: int,
+                 rank: int, device: torch.device) -> None:
+        self.sources, self.weights, self.seed, self.rank, self.device = sources, weights, seed, rank, device
+
+    def batch_at(self, micro_step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, self.rank, micro_step])
+        pick = rng.integers(len(self.sources)) if np.ptp(self.weights) == 0 else rng.choice(len(self.sources),
+                                                                                           p=self.weights)
+        source = self.sources[pick]
+        source.reseed([self.seed, self.rank, micro_step, 1])
         try:
-            batches = sources[pick].sample()
+            episode = source.sample()
         except ValueError as err:  # only masked-word sources run dry, and only on odd settings
             raise ConfigError(f"meta.masked_words: {err}") from None
-        head = HEADS.get(batches.head).build(hidden, batches.num_labels, batches.head_options,
-                                             f"{batches.source}.head").to(device)
-        module = EpisodeModel(model, head, META_GROUP)
-        support = {k: v.to(device) for k, v in batches.support.items()}
-        query = {k: v.to(device) for k, v in batches.query.items()}
-        result = run_episode(module, init, support, query, batches.num_labels, mc)
-        # The outer gradient is the mean over the meta-batch, a short last one included.
-        batch_start = episode_number - episode_number % mc.meta_batch
-        in_batch = min(mc.meta_batch, mc.episodes - batch_start)
-        for name, param in init.items():
-            g = result.grads[name] / in_batch
-            param.grad = g if param.grad is None else param.grad + g
-        if episode_number + 1 == batch_start + in_batch:  # the meta-batch's last episode
-            outer.step()
-            outer.zero_grad(set_to_none=True)
-        window.append((batches.source, result))
-        bar.set_postfix(query_loss=f"{result.query_loss_before:.2f}->{result.query_loss_after:.2f}",
-                        query_acc=f"{result.query_acc_before:.2f}->{result.query_acc_after:.2f}")
-        if (episode_number + 1) % mc.log_every == 0 or episode_number + 1 == mc.episodes:
-            record = {"event": "meta", "episode": episode_number + 1,
-                      **{k: round(float(np.mean([getattr(r, k) for _, r in window])), 4)
-                         for k in ("query_loss_before", "query_loss_after", "query_acc_before", "query_acc_after")},
-                      # Task and masked-word episodes differ in difficulty: their mean alone hides either.
-                      "query_acc_after_by_source": {
-                          name: round(float(np.mean([r.query_acc_after for n, r in window if n == name])), 4)
-                          for name in sorted({n for n, _ in window})}}
-            history.append(record)
-            window = []
-            if metrics_path is not None:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-    bar.close()
-    return MetaResult(metrics_path.parent if metrics_path else Path("."), mc.episodes,
-                      time.perf_counter() - started, history)
+        episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
+        episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
+        examples = len(episode.support["input_ids"]) + len(episode.query["input_ids"])
+        tokens = int(episode.support["attention_mask"].sum() + episode.query["attention_mask"].sum())
+        return Batch(episode.source, episode, examples, tokens)
+
+    def cursors(self) -> dict[str, list[int]]:
+        return {}
 
 
-def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrite: bool = False) -> MetaResult:
+class EpisodeLoss:
+    """One episode's inner adaptation (``run_episode``) as the engine's loss. The outer gradient
+    g is not the gradient of a loss the engine could run backward on, so the loss returned is
+    ``sum(p * g) - sum(p * g).detach() + query loss``: its value is the query loss after
+    adaptation (what is logged and checked for being finite), its gradient exactly g. Backward,
+    the meta-batch mean (accelerate's accumulation), clipping and the optimizer step are then
+    the engine's. With several processes g is averaged over them here, once per episode."""
+
+    def __init__(self, model: MultiTaskModel, mc: MetaConfig, accelerator: Any) -> None:
+        self.model, self.mc, self.accelerator = model, mc, accelerator
+        self.init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
+        self.results: list[tuple[str, EpisodeResult]] = []
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
+        episode: EpisodeBatches = batch.inputs
+        device = self.accelerator.device
+        head = HEADS.get(episode.head).build(self.model.encoder.config.hidden_size, episode.num_labels,
+                                             episode.head_options, f"{episode.source}.head").to(device)
+        with self.accelerator.autocast():
+            result = run_episode(EpisodeModel(self.model, head, META_GROUP), self.init, episode.support,
+                                 episode.query, episode.num_labels, self.mc)
+        grads = [result.grads[n].detach() for n in self.init]
+        if self.accelerator.num_processes > 1:
+            grads = [self.accelerator.reduce(g, reduction="mean") for g in grads]
+        surrogate = sum((p * g.to(p.dtype)).sum() for p, g in zip(self.init.values(), grads))
+        self.results.append((episode.source, result))
+        query_loss = torch.tensor(result.query_loss_after, device=device)
+        return surrogate - surrogate.detach() + query_loss, 1.0
+
+
+class MetaLogger(Callback):
+    """Query loss and accuracy before and after adaptation, averaged over the episodes of the
+    last ``every`` steps (all processes), to metrics.jsonl, the trackers and the progress bar."""
+
+    FIELDS = ("query_loss_before", "query_loss_after", "query_acc_before", "query_acc_after")
+
+    def __init__(self, loss: EpisodeLoss, every: int, log: JsonlLog, trackers: bool, episodes_per_step: int) -> None:
+        self.loss, self.every, self.log, self.trackers = loss, every, log, trackers
+        self.episodes_per_step = episodes_per_step
+        self.history: list[dict[str, Any]] = []
+        self.window: list[tuple[str, list[float]]] = []
+
+    def on_train_start(self, engine: Engine) -> None:
+        # A checkpoint keeps the window logged so far (save_into), so a resumed run's records
+        # equal the uninterrupted run's.
+        self.window = [(key.split("|", 1)[1], values) for key, values in sorted(
+            engine.state.running.items(), key=lambda kv: int(kv[0].split("|", 1)[0]))]
+
+    def on_step_end(self, engine: Engine, micro_batches: list[MicroBatch]) -> None:
+        self.window += [(name, [getattr(r, f) for f in self.FIELDS]) for name, r in self.loss.results]
+        self.loss.results = []
+        if engine.state.step % self.every == 0 or engine.state.step == engine.total_steps:
+            self.flush(engine)
+
+    def save_into(self, engine: Engine) -> None:
+        engine.state.running = {f"{i}|{name}": values for i, (name, values) in enumerate(self.window)}
+
+    def flush(self, engine: Engine) -> None:
+        window = self.window
+        if engine.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            window = [entry for part in gather_object([window]) for entry in part]
+        self.window = []
+        means = {f: round(float(np.mean([v[i] for _, v in window])), 4) for i, f in enumerate(self.FIELDS)}
+        step = engine.state.step
+        record = {"event": "meta", "step": step, "episode": step * self.episodes_per_step, **means,
+                  # Task and masked-word episodes differ in difficulty: their mean alone hides either.
+                  "query_acc_after_by_source": {
+                      name: round(float(np.mean([v[3] for n, v in window if n == name])), 4)
+                      for name in sorted({n for n, _ in window})}}
+        self.history.append(record)
+        self.log.write(record)
+        bar = engine.callback(ProgressBar)
+        if bar is not None:
+            bar.show({"query_loss": means["query_loss_after"], "query_acc": means["query_acc_after"]})
+        if self.trackers:
+            engine.accelerator.log({f"meta/{k}": v for k, v in means.items()}, step=step)
+
+
+def meta_steps(mc: MetaConfig, processes: int) -> int:
+    """Optimizer steps: meta-batches of ``meta_batch`` episodes on each process, enough to hold
+    ``meta.episodes`` (rounded up to whole meta-batches)."""
+    return max(1, math.ceil(mc.episodes / (mc.meta_batch * processes)))
+
+
+def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaConfig, seed: int,
+                    metrics_path: Path | None = None, quiet: bool = False, mixed_precision: str = "no",
+                    checkpoints: Path | None = None, resume: bool = False, log_with: str | list[str] = "none",
+                    on_nonfinite_loss: str = "stop", callbacks: list[Callback] | None = None) -> MetaResult:
+    """Learn ``model.adapters['meta']`` in place, on the training engine. With ``checkpoints``,
+    a resumable checkpoint every ``meta.checkpoint_every`` steps; ``resume`` continues from it."""
+    started = time.perf_counter()
+    trackers = resolve_trackers(log_with)
+    project = (metrics_path.parent if metrics_path else Path(".")) / "logs"
+    accelerator, note = make_accelerator(mixed_precision, mc.meta_batch, project, trackers)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if note and not quiet and main:
+        print(note)
+    model.to(accelerator.device)
+    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed)
+    steps = meta_steps(mc, world)
+    loss = EpisodeLoss(model, mc, accelerator)
+    # Only the optimizer is prepared: there is no model-level all-reduce to do, since
+    # EpisodeLoss averages the outer gradient over the processes itself.
+    optimizer = accelerator.prepare(torch.optim.Adam(loss.init.values(), lr=mc.outer_lr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    log = JsonlLog(metrics_path or Path(os.devnull), main and metrics_path is not None)
+    state = EngineState()
+    if resume and checkpoints is not None:
+        model.load_state_dict(MultiTaskModel.from_pretrained(checkpoints / "model").state_dict())
+        state = load_checkpoint(checkpoints, optimizer, scheduler, accelerator.process_index)
+        log.truncate_after(state.step)
+    if trackers:
+        accelerator.init_trackers("meta-train", init_kwargs={"tensorboard": {"purge_step": state.step + 1}}
+                                  if state.step else {})
+    logger = MetaLogger(loss, mc.log_every, log, bool(trackers), mc.meta_batch * world)
+    installed: list[Callback] = [ThroughputMeter(), logger]
+    if checkpoints is not None:
+        installed.append(Checkpointer(checkpoints, mc.checkpoint_every, main))
+    installed.append(ProgressBar(disabled=quiet or not main, desc=f"meta-training ({mc.algorithm})"))
+    engine = Engine(accelerator, model, optimizer, scheduler,
+                    EpisodeSource(sources, weights, seed, accelerator.process_index, accelerator.device), loss,
+                    NonFiniteGuard(on_nonfinite_loss, log, checkpoints or Path(os.devnull), "meta.outer_lr"),
+                    installed + list(callbacks or []), steps, state=state)
+    engine.fit()
+    if trackers:
+        accelerator.end_training()
+    return MetaResult(metrics_path.parent if metrics_path else Path("."), steps * mc.meta_batch * world,
+                      time.perf_counter() - started, logger.history)
+
+
+def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrite: bool = False,
+               resume: bool = False) -> MetaResult:
     """``nlp-mtl meta-train``: episodes from the config's tasks; the run directory gets the
     learnt initialisation as adapter group ``meta`` of ``RUN_DIR/model`` (no task heads)."""
     from accelerate.utils import set_seed
 
-    from ..backbone import load_backbone, resolve_backbone
-    from ..config import data_root, load_tasks
-    from ..data.pipeline import encode_all, load_all
-
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else print
     set_seed(config.training.seed)
-    run.check_new(overwrite)
-    specs = load_tasks(config)
-    if config.data.storage == "disk":
-        # Episodes (masked-word ones especially) draw sentences at random from every task.
-        say("note: meta-train holds its tasks in memory; data.storage 'disk' applies to train.")
-    datas = load_all(specs, data_root(config), config.data.limit)
-    if config.meta.init_from:
-        encoder = tokenizer = None
-    else:
-        resolve_backbone(config.backbone.name)
-        encoder, tokenizer = load_backbone(config.backbone)
-    if config.meta.init_group and not config.meta.init_from:
-        raise ConfigError(f"{config.source or 'config'}: meta.init_group is set but meta.init_from is not; "
-                          "give the run to take that adapter group from.")
-    model = build_meta_model(config, encoder, tokenizer).to(default_device())
-    run.prepare_new()
-    tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet)
-    run.write_experiment(config, specs)
+    if resume and find_checkpoint(run.last_dir) is None:
+        raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
+    model, tasks, specs = _prepare_meta_run(config, run, overwrite, resume, quiet, say)
+    mc = config.meta
     adapter = sum(p.numel() for p in model.adapters[META_GROUP].parameters())
     encoder_size = sum(p.numel() for p in model.encoder.parameters())
-    mc = config.meta
     say(f"meta-training a {model.adapter_setup.type} adapter initialisation ({adapter:,} parameters, "
         f"{100 * adapter / encoder_size:.2f}% of the encoder) with {mc.algorithm}: {mc.episodes} episodes of "
         f"up to {mc.ways}-way {mc.shots}-shot (query {mc.query_shots}), {mc.inner_steps} inner steps, "
         f"on {', '.join(t.name for t in tasks)}"
         + (f" ({100 * mc.masked_words:.0f}% masked-word episodes: {', '.join(mc.masked_word_levels)})"
            if mc.masked_words else ""))
-    result = meta_train_loop(model, tasks, mc, config.training.seed, run.metrics_path, quiet)
-    model.save_pretrained(run.model_dir)
+    tc = config.training
+    result = meta_train_loop(model, tasks, mc, tc.seed, run.metrics_path, quiet, tc.mixed_precision, run.last_dir,
+                             resume, tc.log_with, tc.on_nonfinite_loss)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        model.save_pretrained(run.model_dir)
+    PartialState().wait_for_everyone()
     if result.history:
         first, last = result.history[0], result.history[-1]
-        say(f"query accuracy after adaptation: {100 * first['query_acc_after']:.1f}% (first {mc.log_every} episodes) "
+        say(f"query accuracy after adaptation: {100 * first['query_acc_after']:.1f}% (first {mc.log_every} steps) "
             f"-> {100 * last['query_acc_after']:.1f}% (last); before adaptation "
             f"{100 * first['query_acc_before']:.1f}% -> {100 * last['query_acc_before']:.1f}%")
     result.run_dir, result.seconds = run.path, time.perf_counter() - started
-    run.mark_finished(result.seconds)
+    if PartialState().is_main_process:
+        run.mark_finished(result.seconds)
     say(f"saved the initialisation to {run.model_dir} (adapter group '{META_GROUP}'); "
         f"few-shot: nlp-mtl adapt {run.path} --task TASK.yaml --shots 16")
     return result
+
+
+def _prepare_meta_run(config: ExperimentConfig, run: Any, overwrite: bool, resume: bool, quiet: bool,
+                      say: Any) -> tuple[MultiTaskModel, list[PreparedTask], list[Any]]:
+    """Everything checked before anything is written; then the data, tokenised, and the model."""
+    from accelerate import PartialState
+
+    from ..backbone import load_backbone, resolve_backbone
+    from ..config import data_root, load_tasks
+    from ..data.pipeline import encode_all, load_all
+
+    if not resume:
+        run.check_new(overwrite)
+    specs = run.read_experiment()[1] if resume else load_tasks(config)
+    if config.data.storage == "disk":
+        # Episodes (masked-word ones especially) draw sentences at random from every task.
+        say("note: meta-train holds its tasks in memory; data.storage 'disk' applies to train.")
+    datas = load_all(specs, data_root(config), config.data.limit)
+    if config.meta.init_group and not config.meta.init_from:
+        raise ConfigError(f"{config.source or 'config'}: meta.init_group is set but meta.init_from is not; "
+                          "give the run to take that adapter group from.")
+    if config.meta.init_from:
+        encoder = tokenizer = None
+    else:
+        resolve_backbone(config.backbone.name)
+        encoder, tokenizer = load_backbone(config.backbone)
+    model = build_meta_model(config, encoder, tokenizer)
+    main = PartialState().is_main_process
+    if main and not resume:
+        run.prepare_new()
+    PartialState().wait_for_everyone()
+    tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet or not main)
+    if main and not resume:
+        run.write_experiment(config, specs)
+    return model, tasks, specs

@@ -50,12 +50,12 @@ class JsonlLog:
 
 
 class ProgressBar(Callback):
-    def __init__(self, disabled: bool) -> None:
-        self.disabled = disabled
+    def __init__(self, disabled: bool, desc: str = "training") -> None:
+        self.disabled, self.desc = disabled, desc
         self.postfix: dict[str, str] = {}
 
     def on_train_start(self, engine: Engine) -> None:
-        self.bar = tqdm(total=engine.total_steps, initial=engine.state.step, desc="training",
+        self.bar = tqdm(total=engine.total_steps, initial=engine.state.step, desc=self.desc,
                         disable=self.disabled, dynamic_ncols=True)
 
     def on_step_end(self, engine: Engine, micro_batches: list[MicroBatch]) -> None:
@@ -241,9 +241,9 @@ class Checkpointer(Callback):
     def save(self, engine: Engine) -> None:
         accelerator = engine.accelerator
         engine.state.cursors = engine.source.cursors()
-        logger = engine.callback(LossLogger)
-        if logger is not None:
-            logger.save_into(engine)
+        for callback in engine.callbacks:  # callbacks with state of their own put it in the engine state
+            if hasattr(callback, "save_into"):
+                callback.save_into(engine)
         rng_states = gather_rng_states(accelerator)
         if self.is_main:
             save_checkpoint(self.directory, accelerator.unwrap_model(engine.model), engine.optimizer,

@@ -35,6 +35,17 @@ class EngineState:
 
 
 @dataclass
+class Batch:
+    """One micro-step's input: the task it trains, what the loss function reads (a padded batch
+    on the device; an episode for meta-training) and its size, for throughput."""
+
+    task: str
+    inputs: Any
+    examples: int
+    tokens: int
+
+
+@dataclass
 class MicroBatch:
     """What one micro-step trained on, for the callbacks: task, loss (detached), sizes."""
 
@@ -46,14 +57,18 @@ class MicroBatch:
 
 
 class BatchSource(Protocol):
-    def batch_at(self, micro_step: int) -> tuple[str, dict[str, torch.Tensor], int]:
-        """(task, batch on the device, real tokens) for micro-step ``micro_step``."""
+    def batch_at(self, micro_step: int) -> Batch:
+        """The batch of micro-step ``micro_step`` (counted from the start of training)."""
+        ...
+
+    def cursors(self) -> dict[str, list[int]]:
+        """Where the source stands, for a checkpoint ({} for a source that is a function of the step)."""
         ...
 
 
 class LossFn(Protocol):
-    def __call__(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
-        """(loss as logged, weight it is trained with)."""
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
+        """(loss, weight): ``loss * weight`` is what backward runs on; ``loss`` is what is logged."""
         ...
 
 
@@ -101,12 +116,13 @@ class Engine:
         return self.state
 
     def _micro_step(self, micro_step: int) -> MicroBatch:
-        task, batch, tokens = self.source.batch_at(micro_step)
-        examples = len(batch["input_ids"])
+        batch = self.source.batch_at(micro_step)
+        task, examples, tokens = batch.task, batch.examples, batch.tokens
         with self.accelerator.accumulate(self.model):
-            loss, weight = self.loss_fn(task, batch)
+            loss, weight = self.loss_fn(batch)
             if self.guard.rejects(self, task, loss):
-                # Gradients accumulated in this window are dropped with the bad batch's.
+                # The bad loss never reaches backward (on a window's last micro-step the window's
+                # gradients are dropped with it: accelerate zeroes them only there).
                 self.optimizer.zero_grad(set_to_none=True)
                 return MicroBatch(task, loss.detach(), examples, tokens, skipped=True)
             self.accelerator.backward(loss * weight)

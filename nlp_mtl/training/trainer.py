@@ -32,14 +32,11 @@ from ..run_dir import RunDir
 from .callbacks import (Checkpointer, EarlyStopping, Evaluator, JsonlLog, LossLogger, ProgressBar, ThroughputMeter,
                         Validation)
 from .checkpoint import find_checkpoint, load_checkpoint
-from .engine import Callback, Engine, EngineState
+from .engine import Batch, Callback, Engine, EngineState
+from .guard import NonFiniteGuard
+from .accelerator import make_accelerator
 from .optim import build_optimizer, build_scheduler
-from .precision import resolve_precision
 from .tracking import flat_hyperparameters, resolve_trackers, scalar_metrics
-
-
-class NonFiniteLoss(UserError):
-    """Training diverged; the message names the task and step."""
 
 
 @dataclass
@@ -127,31 +124,6 @@ def check_max_length(specs: list[TaskSpec], encoder_config: Any) -> None:
                             f"{limit} positions (max_position_embeddings).")
 
 
-class NonFiniteGuard:
-    """training.on_nonfinite_loss: 'stop' raises NonFiniteLoss naming task and step; 'skip'
-    drops the batch and logs it. Decided jointly, so that no process waits in an all-reduce the
-    others skip; on CPU the check is free, and it keeps one bad batch from poisoning the weights."""
-
-    def __init__(self, policy: str, log: JsonlLog, checkpoints: Path) -> None:
-        self.policy, self.log, self.checkpoints = policy, log, checkpoints
-
-    def rejects(self, engine: Engine, task: str, loss: torch.Tensor) -> bool:
-        nonfinite = ~torch.isfinite(loss.detach())
-        if engine.accelerator.num_processes > 1:
-            nonfinite = engine.accelerator.reduce(nonfinite.float(), reduction="sum") > 0
-        if not nonfinite:
-            return False
-        step = engine.state.step + 1
-        if self.policy == "stop":
-            kept = (f"the last good checkpoint in {self.checkpoints} is intact" if find_checkpoint(self.checkpoints)
-                    else "no checkpoint had been written yet")
-            raise NonFiniteLoss(f"training stopped: non-finite loss ({float(loss.detach())}) on task '{task}' at "
-                                f"step {step}; {kept}. Lower training.lr (or set training.on_nonfinite_loss: "
-                                "skip) and train again.")
-        self.log.write({"event": "skipped", "step": step, "task": task, "reason": "non-finite loss"})
-        return True
-
-
 class TaskBatches:
     """The engine's batch source for multi-task training: the sampler names the task of each
     micro-step (the same on every process), that task's length-grouped batches give this
@@ -168,12 +140,12 @@ class TaskBatches:
             for i, t in enumerate(tasks)
         }
 
-    def batch_at(self, micro_step: int) -> tuple[str, dict[str, torch.Tensor], int]:
+    def batch_at(self, micro_step: int) -> Batch:
         name = self.sampler.task_at(micro_step)
         split = self.tasks[name]
         indices = self.batches[name].next_shard(self.rank)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(split, indices, self.pad_id).items()}
-        return name, batch, int(split.lengths[indices].sum())
+        return Batch(name, batch, len(indices), int(split.lengths[indices].sum()))
 
     def cursors(self) -> dict[str, list[int]]:
         return {n: [b.cursor.pass_index, b.cursor.position] for n, b in self.batches.items()}
@@ -189,41 +161,9 @@ class TaskLoss:
     def __init__(self, model: Any, weights: dict[str, float], device: torch.device) -> None:
         self.model, self.weights, self.device = model, weights, device
 
-    def __call__(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
         with attention_for_varying_shapes(self.device):
-            return self.model(task, **batch)["loss"], self.weights[task]
-
-
-def _forget_earlier_accelerator() -> None:
-    """train() may run several times in one process (the Python API, benchmarks), each with its
-    own mixed precision; accelerate keeps one process-wide state and refuses a second precision.
-    A single process holds nothing else in that state, so it starts anew. Under a multi-process
-    launch the state is the launch's and is left alone."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state()
-
-
-def make_accelerator(tc: Any, project_dir: Path, trackers: list[str]) -> tuple[Any, str | None]:
-    """An Accelerator for this run's precision and accumulation; the precision note to print."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    precision, precision_note = resolve_precision(tc.mixed_precision, torch.cuda.is_available())
-    _forget_earlier_accelerator()
-    accelerator = Accelerator(
-        log_with=trackers or None,
-        project_dir=str(project_dir),
-        # Without a GPU, accelerate only forms a gloo process group (torchrun, accelerate launch)
-        # when told it runs on CPU; otherwise each process would train alone.
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=precision,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        # Each step trains one task, so the other heads get no gradient that step.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    return accelerator, precision_note
+            return self.model(batch.task, **batch.inputs)["loss"], self.weights[batch.task]
 
 
 @dataclass
@@ -301,7 +241,8 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     started = time.perf_counter()
     tc = config.training
     trackers = resolve_trackers(tc.log_with)
-    accelerator, precision_note = make_accelerator(tc, run.path / "logs", trackers)
+    accelerator, precision_note = make_accelerator(tc.mixed_precision, tc.gradient_accumulation_steps,
+                                                   run.path / "logs", trackers)
     main = accelerator.is_main_process
     quiet = quiet or not main
     say = (lambda *a: None) if quiet else accelerator.print
@@ -349,7 +290,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     installed = standard_callbacks(config, run, accelerator, tasks, steps, log, bool(trackers), quiet, say, pad_id)
     engine = Engine(accelerator, model, optimizer, scheduler, source,
                     TaskLoss(model, {t.name: t.spec.loss_weight for t in tasks}, accelerator.device),
-                    NonFiniteGuard(tc.on_nonfinite_loss, log, run.last_dir), installed + list(callbacks or []),
+                    NonFiniteGuard(tc.on_nonfinite_loss, log, run.last_dir, "training.lr"), installed + list(callbacks or []),
                     steps, tc.max_grad_norm, state)
     state = engine.fit()
     return finish_run(config, run, accelerator, engine, tasks, log, bool(trackers), say, quiet, pad_id, started)
