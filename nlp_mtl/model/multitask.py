@@ -269,10 +269,16 @@ def replace_dir(src: Path, dst: Path) -> None:
     from ..fileio import publish_mode
 
     publish_mode(src)
+    aside = None
     if dst.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, aside / dst.name)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if aside is not None:  # put the old folder back: a failed replace changes nothing
+            os.replace(aside / dst.name, dst)
+        raise
     for leftover in list(dst.parent.glob(f".{dst.name}.old-*")) + list(dst.parent.glob(f".{dst.name}.tmp-*")):
         if leftover != src:
             shutil.rmtree(leftover, ignore_errors=True)

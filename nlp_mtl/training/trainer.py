@@ -34,7 +34,7 @@ from ..kernels import attention_for_varying_shapes
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types import TaskReport
-from .checkpoint import TrainerState, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
+from .checkpoint import TrainerState, checkpoint_note, find_checkpoint, gather_rng_states, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .precision import resolve_precision
 from .tracking import flat_hyperparameters, resolve_trackers, scalar_metrics
@@ -308,7 +308,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
                 if tc.on_nonfinite_loss == "stop":
                     raise NonFiniteLoss(
                         f"training stopped: non-finite loss ({float(loss.detach())}) on task '{name}' at step "
-                        f"{step + 1}; the last good checkpoint in {run.last_dir} is intact. Lower training.lr "
+                        f"{step + 1}; {checkpoint_note(run)}. Lower training.lr "
                         "(or set training.on_nonfinite_loss: skip) and train again.")
                 log.write({"event": "skipped", "step": step + 1, "task": name, "reason": "non-finite loss"})
                 optimizer.zero_grad(set_to_none=True)
@@ -372,7 +372,9 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
         # the gradients accumulated so far.
         at_boundary = done % accum == 0
         periodic = tc.checkpoint_every and (done // accum) % tc.checkpoint_every == 0
-        if done < micro_steps and at_boundary and (evaluated or periodic):
+        # The last step too: a failure while saving the final model (a full disk) leaves a run that
+        # resumes straight to the final save instead of one with no checkpoint at all.
+        if at_boundary and (evaluated or periodic or done == micro_steps):
             snapshot(done)
         paused += time.perf_counter() - pause_start  # evaluation and snapshots are not training time
     bar.close()
