@@ -218,7 +218,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise UserError(f"--input {path}: file not found.")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is dropped
         except UnicodeDecodeError as err:
             raise UserError(f"--input {path}: not UTF-8 ({err.reason} at byte {err.start}).") from None
         for number, line in enumerate(text.splitlines(), 1):
