@@ -221,6 +221,10 @@ class RunDir:
 
     def check_new(self, overwrite: bool) -> None:
         """Refuse to train into a directory holding a run, finished or not, unless told to."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file; the run directory must be a folder (choose another --output-dir).")
+        if any(parent.exists() and not parent.is_dir() for parent in self.path.parents):
+            raise UserError(f"{self.path}: a file is where a folder of this path is expected; choose another --output-dir.")
         if not overwrite:
             if self.finished_path.exists():
                 raise UserError(

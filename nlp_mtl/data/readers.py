@@ -265,6 +265,9 @@ def _quoting_error(path: Path, start: int, current: int, problem: str) -> DataEr
     if "end of data" in problem or "EOF" in problem:
         return DataError(f"{path}:{start}: a quote opened on this line is never closed (it runs to the end of the "
                          f"file, line {current}); {QUOTE_HINT}")
+    if current > start:
+        return DataError(f"{path}:{start}: a quote opened on this line runs to line {current}, where the quoting "
+                         f"breaks ({problem}); {QUOTE_HINT}")
     return DataError(f"{path}:{current}: malformed quoting ({problem}); {QUOTE_HINT}")
 
 
