@@ -62,6 +62,8 @@ _PROBLEMS = {
     errno.ENOTDIR: ("a file is where a folder is expected", "move that file away or choose another path"),
     errno.EISDIR: ("a folder is where a file is expected", "give a file path, or move that folder away"),
     errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EEXIST: ("something is already there (a file where a folder is expected?)",
+                   "move it away or choose another path"),
     errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
     errno.EIO: ("input/output error from the device", "check the disk, then run the command again"),
 }

@@ -271,3 +271,39 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(finished, t
     state["armed"] = False
     assert main(["--quiet", "train", "--resume", str(run)]) == 0
     assert (run / "FINISHED").exists()
+
+
+def test_a_stopped_replacement_keeps_its_checkpoint_and_resuming_it_swaps_it_in(run, monkeypatch, capsys):
+    from nlp_mtl.model.heads import SequenceClassificationHead
+
+    calls = {"n": 0}
+    original = SequenceClassificationHead.loss
+
+    def poisoned(self, logits, labels):
+        calls["n"] += 1
+        loss = original(self, logits, labels)
+        return loss * float("nan") if calls["n"] > 4 and not calls.get("healed") else loss
+
+    monkeypatch.setattr(SequenceClassificationHead, "loss", poisoned)
+    before = folder_hash(run)
+    config = _config(run, steps=16, checkpoint_every=2)
+    assert main(["--quiet", "train", str(config), "--output-dir", str(run), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    one_clean_line(err)
+    staging = run.parent / f"{run.name}.overwrite"
+    assert "is intact" in err and f"--resume {staging}" in err and f"{run}: unchanged" in err
+    assert folder_hash(run) == before
+    calls["healed"] = True
+    assert main(["--quiet", "train", "--resume", str(staging)]) == 0
+    assert not staging.exists() and (run / "FINISHED").is_file()
+    assert folder_hash(run) != before
+    assert json.loads((run / "experiment.json").read_text())["config"]["training"]["steps"] == 16
+
+
+def test_predict_marks_truncated_inputs_and_counts_them(run, capsys):
+    long = " ".join(["alice"] * 60)  # the toy tasks' max_length is 32
+    assert main(["predict", str(run), "--text", long, "--text", "bob went to rome"]) == 0
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.splitlines()]
+    assert results[0]["truncated"] == ["toy_ner", "toy_sent"] and results[1]["truncated"] == []
+    assert "1 of 2 inputs were longer than a task's max_length" in err
