@@ -305,7 +305,12 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
     config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
     run = RunDir.for_config(config, args.output_dir)
-    result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+    from .run_dir import holds_run, replace_run
+
+    if args.overwrite and holds_run(run.path):  # the old run stays until the new one has finished
+        result = replace_run(run, lambda staging: meta_train(config, staging, quiet=args.quiet, overwrite=True))
+    else:
+        result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"meta-training took {result.seconds / 60:.1f} min")
     return 0

@@ -307,3 +307,21 @@ def test_predict_marks_truncated_inputs_and_counts_them(run, capsys):
     results = [json.loads(line) for line in out.splitlines()]
     assert results[0]["truncated"] == ["toy_ner", "toy_sent"] and results[1]["truncated"] == []
     assert "1 of 2 inputs were longer than a task's max_length" in err
+
+
+def test_meta_train_overwrite_keeps_the_old_run_when_it_fails(run, monkeypatch, capsys):
+    import nlp_mtl.fewshot.meta as meta
+    from nlp_mtl.errors import UserError
+
+    def fails(*args, **kwargs):
+        raise UserError("meta-training stopped")
+
+    monkeypatch.setattr(meta, "meta_train_loop", fails)
+    before = folder_hash(run)
+    config = _config(run)
+    config.write_text(config.read_text() + "adapters: {type: lora}\nmeta: {episodes: 2}\n")
+    assert main(["--quiet", "meta-train", str(config), "--output-dir", str(run), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    one_clean_line(err)
+    assert f"{run}: unchanged" in err and folder_hash(run) == before
+    assert not (run.parent / f"{run.name}.overwrite").exists()
