@@ -155,18 +155,27 @@ def _data_root_override(value: str | None) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_experiment
-    from .run_dir import RunDir
+    from .run_dir import RunDir, explained_failures, finish_replacement, holds_run, replace_run, replaced_by
     from .training import train
 
     if args.resume:
         run, config = _resumed_run(args, "train")
-        result = train(config, run, quiet=args.quiet, resume=True)
+        target = replaced_by(run)  # the staging folder of an --overwrite: swapped in when it finishes
+        with explained_failures(run):
+            result = train(config, run, quiet=args.quiet, resume=True)
+        finish_replacement(run)
+        run = RunDir(target) if target else run
     else:
         if not args.config:
             raise UserError("train: give an experiment CONFIG, or --resume RUN_DIR.")
         config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
         run = RunDir.for_config(config, args.output_dir)
-        result = train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+        if args.overwrite and holds_run(run.path):
+            # The old run stays until the new one has finished (run_dir.replace_run).
+            result = replace_run(run, lambda staging: train(config, staging, quiet=args.quiet, overwrite=True))
+        else:
+            with explained_failures(run):
+                result = train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
     return 0
@@ -233,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise UserError(f"--input {path}: file not found.")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is dropped
         except UnicodeDecodeError as err:
             raise UserError(f"--input {path}: not UTF-8 ({err.reason} at byte {err.start}).") from None
         for number, line in enumerate(text.splitlines(), 1):
@@ -250,6 +259,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             inputs.append(obj)
     if not inputs:
         raise UserError("predict: give --text TEXT (repeatable) or --input FILE.jsonl.")
+    if args.output:
+        from .run_dir import check_target
+
+        if Path(args.output).is_dir():
+            raise UserError(f"--output {args.output}: is a directory; give the JSONL file to write.")
+        check_target(args.output, "--output", [args.run_dir, *([args.input] if args.input else []), *args.add_task])
     model = MultiTaskModel.from_pretrained(args.run_dir, device=default_device())
     if args.add_task:
         from .model.task_package import load_task_package
@@ -258,6 +273,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             load_task_package(model, package)
     predictor = Predictor(model, batch_size=args.batch_size)
     results = predictor.predict(inputs, progress=not args.quiet and len(inputs) > args.batch_size)
+    from .truncation import count_truncated
+
+    cut = count_truncated(model, inputs, results)
+    if cut:
+        print(f"note: {cut} of {len(inputs)} inputs were longer than a task's max_length and were truncated "
+              "for it (see \"truncated\" in the output).", file=sys.stderr)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.output:
         from .fileio import atomic_write
@@ -273,6 +294,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output}: is a directory; give the HTML file to write.")
+    if args.output:
+        from .run_dir import check_target
+
+        check_target(args.output, "--output", [args.run_dir])
     print(write_report(args.run_dir, args.output))
     return 0
 
@@ -302,15 +327,23 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     from .fewshot.meta import meta_train
     from .run_dir import RunDir
 
+    from .run_dir import finish_replacement, holds_run, replace_run, replaced_by
+
     if args.resume:
         run, config = _resumed_run(args, "meta-train")
+        target = replaced_by(run)
         result = meta_train(config, run, quiet=args.quiet, resume=True)
+        finish_replacement(run)
+        run = RunDir(target) if target else run
     else:
         if not args.config:
             raise UserError("meta-train: give an experiment CONFIG, or --resume RUN_DIR.")
         config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
         run = RunDir.for_config(config, args.output_dir)
-        result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+        if args.overwrite and holds_run(run.path):  # the old run stays until the new one has finished
+            result = replace_run(run, lambda staging: meta_train(config, staging, quiet=args.quiet, overwrite=True))
+        else:
+            result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         print(f"meta-training took {result.seconds / 60:.1f} min")
     return 0
@@ -325,6 +358,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
+    from .run_dir import check_target
+
+    for flag, target in (("--save", args.save), ("--output", args.output)):
+        if target:
+            check_target(target, flag, [args.run_dir, spec.source])
     if args.save:
         save = Path(args.save)
         if args.init == "full":
@@ -396,6 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"nlp-mtl: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:  # noqa: BLE001  file-system errors are the user's to fix (fileio.writing)
+        from .fileio import file_system_error
+
+        converted = file_system_error(err)
+        if converted is None:
+            raise
+        print(f"nlp-mtl: error: {converted}", file=sys.stderr)
+        return converted.exit_code
     except KeyboardInterrupt:
         print("nlp-mtl: interrupted", file=sys.stderr)
         return 130

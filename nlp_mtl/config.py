@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
-from .schema import from_mapping, to_mapping
+from .schema import from_mapping, load_yaml, to_mapping
 
 DATA_ROOT_ENV = "NLP_MTL_DATA_ROOT"
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -45,6 +45,15 @@ def builtin_task_specs() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUILTIN_TASKS_DIR.glob("*.yaml"))}
 
 
+# Seeds go to numpy, torch and Python's random: numpy takes 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: int, where: str) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{where}: expected a seed in [0, {SEED_MAX}], got {value}.")
+
+
 @dataclass(frozen=True)
 class CarvedSplit:
     """A split carved out of train: ``{from_train: 0.1, seed: 42}``."""
@@ -57,6 +66,7 @@ class CarvedSplit:
     def validate(self, where: str) -> None:
         if not 0.0 < self.from_train < 1.0:
             raise ConfigError(f"{where}.from_train: expected a fraction in (0, 1), got {self.from_train}.")
+        check_seed(self.seed, f"{where}.seed")
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class DataSpec:
     encoding: str = "utf-8"
     # none: plain per-token labels (POS tags), scored per token instead of per entity.
     tag_scheme: Literal["iob1", "iob2", "bioes", "none"] = "iob2"
+    # iob2/bioes: an I- (or E-) tag that continues no entity is an error; with repair: true it
+    # starts one instead (I- -> B-, E- -> S-), and `tasks validate` counts the repairs.
+    repair: bool = False
     # csv/tsv: the first row names the columns.
     header: bool = True
     # Column separator. Default: ',' for csv, a tab for tsv, any whitespace for conll.
@@ -106,6 +119,11 @@ class DataSpec:
         for split in self.splits:
             if split not in ("train", "validation", "test"):
                 raise ConfigError(f"{where}.splits.{split}: expected train, validation or test.")
+        if self.label_map is not None and len(set(self.label_map.values())) < 2:
+            kept = ", ".join(sorted(set(self.label_map.values()))) or "nothing"
+            raise ConfigError(f"{where}.label_map: leaves one class ({kept}); a classifier needs at least two.")
+        if self.repair and self.tag_scheme not in ("iob2", "bioes"):
+            raise ConfigError(f"{where}.repair: repairs IOB2/BIOES tag sequences; tag_scheme is '{self.tag_scheme}'.")
 
 
 @dataclass(frozen=True)
@@ -153,8 +171,13 @@ class TaskSpec:
             raise ConfigError(f"{where}.name: '{self.name}' must be letters, digits, '_' or '-' (it names files).")
         if self.max_length < 8:
             raise ConfigError(f"{where}.max_length: expected an integer >= 8, got {self.max_length}.")
+        if self.max_length > 65536:
+            raise ConfigError(f"{where}.max_length: expected an integer <= 65536, got {self.max_length}.")
         if self.loss_weight <= 0 or self.sampling_weight <= 0:
             raise ConfigError(f"{where}: loss_weight and sampling_weight must be > 0.")
+        if self.loss_weight > 1000 or self.sampling_weight > 1e6:
+            raise ConfigError(f"{where}: loss_weight must be <= 1000 and sampling_weight <= 1e6 "
+                              f"(got {self.loss_weight:g}, {self.sampling_weight:g}).")
         if isinstance(self.labels, list) and len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"{where}.labels: contains duplicates.")
 
@@ -180,6 +203,10 @@ class SamplerConfig:
     def validate(self, where: str) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"{where}.temperature: expected a number > 0, got {self.temperature}.")
+        if self.temperature > 100:  # past ~10 the sampling is uniform already
+            raise ConfigError(f"{where}.temperature: expected at most 100, got {self.temperature}.")
+        if not 0 <= self.anneal_to <= 1:
+            raise ConfigError(f"{where}.anneal_to: expected a number in [0, 1], got {self.anneal_to}.")
 
 
 @dataclass(frozen=True)
@@ -251,8 +278,17 @@ class TrainingConfig:
         for key in ("lr", "epochs"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: expected a number > 0, got {getattr(self, key)}.")
-        if self.head_lr is not None and self.head_lr <= 0:
-            raise ConfigError(f"{where}.head_lr: expected a number > 0, got {self.head_lr}.")
+        for key in ("lr", "head_lr"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"{where}.{key}: expected a learning rate in (0, 1], got {value}.")
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"{where}.weight_decay: expected a number in [0, 1], got {self.weight_decay}.")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"{where}.max_grad_norm: expected a number >= 0 (0: no clipping), got {self.max_grad_norm}.")
+        if self.epochs > 10000:
+            raise ConfigError(f"{where}.epochs: expected at most 10000, got {self.epochs}.")
+        check_seed(self.seed, f"{where}.seed")
         if self.steps is not None and self.steps <= 0:
             raise ConfigError(f"{where}.steps: expected an integer > 0, got {self.steps}.")
         if self.checkpoint_every < 0:
@@ -307,8 +343,8 @@ class AdapterConfig:
         return self.type != "none"
 
     def validate(self, where: str) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"{where}.lr: expected a number > 0, got {self.lr}.")
+        if not 0 < self.lr <= 1:
+            raise ConfigError(f"{where}.lr: expected a learning rate in (0, 1], got {self.lr}.")
         if not self.enabled:
             if self.options or self.groups:
                 raise ConfigError(f"{where}: options/groups given but type is 'none'; set type: lora, houlsby or pfeiffer.")
@@ -391,8 +427,8 @@ class MetaConfig:
         if not 2 <= self.min_ways <= self.ways:
             raise ConfigError(f"{where}: expected 2 <= min_ways <= ways, got min_ways {self.min_ways}, ways {self.ways}.")
         for key in ("inner_lr", "outer_lr"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{where}.{key}: expected a number > 0, got {getattr(self, key)}.")
+            if not 0 < getattr(self, key) <= 10:
+                raise ConfigError(f"{where}.{key}: expected a learning rate in (0, 10], got {getattr(self, key)}.")
         if not 0 <= self.masked_words <= 1:
             raise ConfigError(f"{where}.masked_words: expected a share of episodes between 0 and 1, "
                               f"got {self.masked_words}.")
@@ -450,8 +486,8 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found.")
     try:
-        with path.open(encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark is dropped
+            return load_yaml(f)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}).") from None
     except yaml.YAMLError as err:

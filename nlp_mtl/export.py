@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .errors import UserError, did_you_mean
+from .fileio import writing
 from .model import MultiTaskModel
 from .model.heads import SequenceClassificationHead, TokenClassificationHead
 from .model.multitask import replace_dir
@@ -70,13 +71,20 @@ class ExportResult:
 
 def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool = False) -> ExportResult:
     """Write task ``task`` of the model (or run directory) ``source`` to ``out``."""
+    from .run_dir import check_target
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a directory.")
-    if Path(source).resolve() == out.resolve() or out.resolve() in Path(source).resolve().parents:
-        raise UserError(f"--out {out}: would replace the model being exported ({source}); pick another directory.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it.")
+    # Never into a run's model/ or checkpoints/, a saved model, or a folder holding the source.
+    check_target(out, "--out", [source])
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it.")
+        if not is_export(out):
+            # --overwrite replaces an earlier export, never some other folder (a run, a model, a home).
+            raise UserError(f"--out {out}: is not an earlier export (no config.json naming an nlp-mtl task); "
+                            "refusing to replace it. Choose an empty or new directory.")
     model = MultiTaskModel.from_pretrained(source)
     if task not in model.tasks:
         raise UserError(f"--task {task}: no such task in {source}; it has {', '.join(model.tasks)}"
@@ -97,6 +105,20 @@ def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool 
     config.label2id = {label: i for i, label in enumerate(info.labels)}
     config.nlp_mtl_task = task
 
+    with writing(out):
+        return _write_export(model, reference, source, task, info, head, config, out)
+
+
+def is_export(directory: Path) -> bool:
+    """Whether ``directory`` holds what an earlier ``export`` wrote (its config names the task)."""
+    try:
+        return "nlp_mtl_task" in json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _write_export(model: MultiTaskModel, reference: MultiTaskModel, source: str | Path, task: str, info: Any,
+                  head: Any, config: Any, out: Path) -> ExportResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -1,12 +1,22 @@
-"""Writing files so that a reader never sees half of one."""
+"""Writing files so that a reader never sees half of one, and file-system errors as user errors.
+
+A full disk, a missing permission, a read-only mount, or a file where a folder should be (and
+the reverse) is something the user fixes, not a bug: :func:`writing` turns the ``OSError`` (or
+the ``SafetensorError`` that safetensors raises for one) into a :class:`FileSystemError` that
+names the path and what to do, printed as one line with exit code 2 like every user error.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UserError
 
 try:
     import fcntl
@@ -38,18 +48,81 @@ def publish_mode(path: Path) -> None:
                 os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
-def atomic_write(path: Path, content: str | bytes) -> None:
-    """Text is written as UTF-8, bytes as they are."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+class FileSystemError(UserError):
+    """The file system refused a read or write: no space, no permission, read-only, wrong kind."""
+
+
+# errno -> (what happened, what to do)
+_PROBLEMS = {
+    errno.ENOSPC: ("no space left on the device", "free some space (or write elsewhere) and run the command again"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space within your quota and run the command again"),
+    errno.EACCES: ("permission denied", "fix the permissions, or choose a path you can write to"),
+    errno.EPERM: ("operation not permitted", "fix the permissions, or choose a path you can write to"),
+    errno.EROFS: ("read-only file system", "choose a path on a writable file system"),
+    errno.ENOTDIR: ("a file is where a folder is expected", "move that file away or choose another path"),
+    errno.EISDIR: ("a folder is where a file is expected", "give a file path, or move that folder away"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EEXIST: ("something is already there (a file where a folder is expected?)",
+                   "move it away or choose another path"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+    errno.EIO: ("input/output error from the device", "check the disk, then run the command again"),
+}
+
+
+def error_number(err: BaseException) -> int | None:
+    """The errno of an OSError, or of the I/O error inside a SafetensorError ('(os error 28)')."""
+    if isinstance(err, OSError):
+        return err.errno
+    if type(err).__name__ == "SafetensorError":
+        found = re.search(r"os error (\d+)", str(err))
+        if found:
+            return int(found.group(1))
+        if "No space left" in str(err):
+            return errno.ENOSPC
+    return None
+
+
+def file_system_error(err: BaseException, path: str | Path | None = None) -> FileSystemError | None:
+    """A one-line user error for ``err``, naming the file it names, else ``path``; None when
+    ``err`` is not a file-system error."""
+    number = error_number(err)
+    if number is None:
+        return None
+    named = getattr(err, "filename", None) or path or "(unknown path)"
+    what, todo = _PROBLEMS.get(number, (os.strerror(number).lower(), "check the path and the device"))
+    if number in (errno.ENOENT, errno.ENOTDIR) and isinstance(err, OSError) and err.filename2:
+        named = f"{named} -> {err.filename2}"
+    return FileSystemError(f"{named}: {what}; {todo}.")
+
+
+@contextmanager
+def writing(path: str | Path | None) -> Iterator[None]:
+    """File-system errors inside the block become a :class:`FileSystemError` naming ``path``
+    (or the file the error names)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
-        publish_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except UserError:
         raise
+    except Exception as err:  # noqa: BLE001  (only errno-bearing errors are converted)
+        converted = file_system_error(err, path)
+        if converted is None:
+            raise
+        raise converted from None
+
+
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Text is written as UTF-8, bytes as they are. A failed write leaves the old file as it was."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            publish_mode(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 @contextmanager

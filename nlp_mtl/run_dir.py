@@ -10,20 +10,197 @@
       plots/                 PNG curves, confusion matrices, per-entity F1 (nlp-mtl report adds report.html)
       logs/                  tracker output (TensorBoard events with training.log_with: auto/tensorboard)
       FINISHED               written last: the run completed
+
+A finished run is immutable to every command but an explicit, safe replacement:
+``check_target`` refuses any output inside a run's ``model/`` or ``checkpoints/`` (or any saved
+model folder), any of its record files, and any output that is, or holds, one of the command's
+own inputs. ``train --overwrite`` trains the new run beside the old one (``RUN.overwrite``) and
+swaps it in only once it has finished (``swap_in``); until then the old run stays as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import ExperimentConfig, TaskSpec, data_root
 from .errors import UserError
-from .fileio import atomic_write
+from .fileio import FileSystemError, atomic_write, file_system_error
 from .schema import from_mapping, to_mapping
+
+
+# What a run writes; anything else in its folder (the user's own files) survives --overwrite.
+RUN_OUTPUTS = ("FINISHED", "metrics.jsonl", "experiment.json", "report.html", "checkpoints", "reports", "model",
+               "plots", "logs")
+# Inside a run, these are what later commands read; nothing may be written into them.
+PROTECTED = ("model", "checkpoints", "experiment.json", "metrics.jsonl", "FINISHED")
+MODEL_MANIFEST = "multitask.json"
+# In a staging folder of 'train --overwrite': the run directory it is to replace.
+REPLACES = "REPLACES"
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "experiment.json").is_file() or (path / "FINISHED").is_file()
+
+
+def _is_model(path: Path) -> bool:
+    return (path / MODEL_MANIFEST).is_file()
+
+
+def _protected_reason(target: Path) -> str | None:
+    if target.is_dir() and _is_run(target):
+        return "is a run directory"
+    if target.is_dir() and _is_model(target):
+        return "is a saved model"
+    chain = [target, *target.parents]
+    for below, folder in zip(chain, chain[1:]):
+        if _is_model(folder):
+            return f"is inside the saved model {folder}"
+        if _is_run(folder) and below.name in PROTECTED:
+            return f"is the run's own {below.name}" + ("/" if below.name in ("model", "checkpoints") else "") + \
+                f" (run {folder})"
+    return None
+
+
+def check_target(target: str | Path, flag: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse to write ``target`` (``flag`` names it in the message) where that would change a
+    run, a saved model, or one of the command's ``inputs``."""
+    resolved = Path(target).expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if resolved == source:
+            raise UserError(f"{flag} {target}: is one of this command's inputs; writing there would replace it. "
+                            "Choose another path.")
+        if resolved in source.parents:
+            raise UserError(f"{flag} {target}: holds this command's input {given}; writing there would replace it. "
+                            "Choose another path.")
+    reason = _protected_reason(resolved)
+    if reason:
+        raise UserError(f"{flag} {target}: {reason}, which no command but training changes; "
+                        "choose a path outside the run's model/ and checkpoints/.")
+
+
+def staging_dir(target: RunDir) -> RunDir:
+    """Where 'train --overwrite' trains the run that is to replace ``target``."""
+    return RunDir(target.path.parent / f"{target.path.name}.overwrite")
+
+
+def replaced_by(run: RunDir) -> Path | None:
+    """The run directory a staging folder is to replace once it finishes, else None."""
+    marker = run.path / REPLACES
+    return Path(marker.read_text(encoding="utf-8").strip()) if marker.is_file() else None
+
+
+def start_replacement(target: RunDir) -> RunDir:
+    """A fresh staging folder for a run that will replace ``target`` (see ``swap_in``)."""
+    staging = staging_dir(target)
+    if staging.path.exists():
+        if not staging.path.is_dir() or (any(staging.path.iterdir()) and replaced_by(staging) is None):
+            raise UserError(f"{staging.path}: exists and is not an earlier replacement of {target.path}; "
+                            "move it away so that --overwrite can train the new run there.")
+        shutil.rmtree(staging.path)  # an earlier --overwrite that did not finish: start over
+    staging.path.mkdir(parents=True)
+    atomic_write(staging.path / REPLACES, str(target.path.resolve()) + "\n")
+    return staging
+
+
+def swap_in(staging: RunDir, target: Path) -> None:
+    """Put the finished run in ``staging`` at ``target``; the old run there goes, except files of
+    the user's own (not run outputs), which move into the new run."""
+    (staging.path / REPLACES).unlink(missing_ok=True)
+    if not target.exists():
+        os.replace(staging.path, target)
+        return
+    for entry in target.iterdir():
+        if entry.name not in RUN_OUTPUTS and not (staging.path / entry.name).exists():
+            os.replace(entry, staging.path / entry.name)
+    aside = target.parent / f".{target.name}.replaced-{os.getpid()}"
+    os.replace(target, aside)
+    try:
+        os.replace(staging.path, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_note(run: RunDir) -> str:
+    """What is left to continue from: the last good checkpoint, or nothing."""
+    from .training.checkpoint import checkpoint_note
+
+    return checkpoint_note(run) + "."
+
+
+@contextmanager
+def explained_failures(run: RunDir) -> Iterator[None]:
+    """A file-system error while training becomes one line naming the path, and saying what
+    checkpoint is left to resume from."""
+    try:
+        yield
+    except FileSystemError as err:
+        raise FileSystemError(f"{err} {resume_note(run)[0].upper()}{resume_note(run)[1:]}") from None
+    except Exception as err:  # noqa: BLE001  (only errno-bearing errors are converted)
+        converted = file_system_error(err, run.path)
+        if converted is None:
+            raise
+        raise FileSystemError(f"{converted} {resume_note(run)[0].upper()}{resume_note(run)[1:]}") from None
+
+
+def replace_run(target: RunDir, work: Callable[[RunDir], T]) -> T:
+    """'train --overwrite' of a run: ``work`` trains into a staging folder beside ``target``, which
+    replaces ``target`` only when ``work`` returns. On any failure ``target`` is unchanged, and the
+    staging folder is kept only if it holds a checkpoint to continue from."""
+    from .training.checkpoint import find_checkpoint
+
+    staging = start_replacement(target) if _is_main_process() else staging_dir(target)
+    try:
+        with explained_failures(staging):
+            result = work(staging)
+    except BaseException as err:
+        kept = _is_main_process() and find_checkpoint(staging.last_dir) is not None
+        if _is_main_process() and not kept:
+            shutil.rmtree(staging.path, ignore_errors=True)
+        if not isinstance(err, UserError):
+            raise
+        note = f"{target.path}: unchanged"
+        if kept:
+            note += (f"; {staging.path} keeps the new run, which replaces {target.path} when it finishes "
+                     "(or delete that folder)")
+        raise type(err)(f"{err} {note}.") from None
+    finish_replacement(staging)
+    return result
+
+
+def finish_replacement(run: RunDir) -> None:
+    """If ``run`` is the staging folder of a replacement, swap it in (every process waits)."""
+    target = replaced_by(run)
+    if target is None:
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        swap_in(run, target)
+    state.wait_for_everyone()
+
+
+def holds_run(path: Path) -> bool:
+    """A finished run, or one with a checkpoint or an experiment record: what --overwrite replaces."""
+    return _is_run(path) or (path / "checkpoints").is_dir()
 
 
 class RunDir:
@@ -44,6 +221,10 @@ class RunDir:
 
     def check_new(self, overwrite: bool) -> None:
         """Refuse to train into a directory holding a run, finished or not, unless told to."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file; the run directory must be a folder (choose another --output-dir).")
+        if any(parent.exists() and not parent.is_dir() for parent in self.path.parents):
+            raise UserError(f"{self.path}: a file is where a folder of this path is expected; choose another --output-dir.")
         if not overwrite:
             if self.finished_path.exists():
                 raise UserError(

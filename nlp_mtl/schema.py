@@ -118,6 +118,33 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported schema type {tp!r} at {where}")
 
 
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load``, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last one silently, so a setting written twice loses the first without a word)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"duplicate key '{key}' (first on line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(stream, Loader=StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def from_mapping(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass ``cls`` from ``data``; ``where`` prefixes every error (file and key path)."""
     if data is None:

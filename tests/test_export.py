@@ -106,8 +106,10 @@ def test_export_refuses_unknown_task_and_existing_output(trained_run, tmp_path, 
     assert main(["export", str(trained_run), "--task", "toy_ner", "--out", str(tmp_path / "taken")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
-    assert main(["export", str(trained_run), "--task", "toy_ner", "--out", str(tmp_path / "taken"), "--overwrite"]) == 0
-    assert not (tmp_path / "taken" / "keep.txt").exists()
+    # --overwrite replaces an earlier export only, never a folder of other files
+    assert main(["export", str(trained_run), "--task", "toy_ner", "--out", str(tmp_path / "taken"), "--overwrite"]) == 2
+    assert "not an earlier export" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".taken.*"))
 
 

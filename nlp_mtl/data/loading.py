@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, one_at_a_time
 from ..registry import READERS, TASK_TYPES
 from .readers import Roles, Row, read_hub
-from .tags import check_tag, to_iob2
+from .tags import check_tag, repair, sequence_problem, to_iob2
 
 SPLITS = ("train", "validation", "test")
 
@@ -111,6 +111,12 @@ def _normalise_row(spec: TaskSpec, row: Row, roles: Roles, source: str) -> Row:
             problem = check_tag(tag, spec.data.tag_scheme)
             if problem:
                 raise DataError(f"{source}:{_line(spec, row, i)}: {problem} (data.tag_scheme: {spec.data.tag_scheme}).")
+        broken = sequence_problem(row["tags"], spec.data.tag_scheme)
+        if broken is not None:
+            if not spec.data.repair:
+                raise DataError(f"{source}:{_line(spec, row, broken[0])}: {broken[1]} (data.tag_scheme: "
+                                f"{spec.data.tag_scheme}); fix the data, or set data.repair: true to start an entity there.")
+            row["tags"], row["repaired"] = repair(row["tags"], spec.data.tag_scheme)
         row["tags"] = to_iob2(row["tags"], spec.data.tag_scheme)
     elif spec.data.label_map:
         label_map = spec.data.label_map
@@ -343,6 +349,10 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
         labels = order_labels(seen, roles.token_level, spec.data.tag_scheme)
         allowed = set(labels)
         origin = "the train split" if inferred_from == ("train",) else f"the {', '.join(inferred_from)} splits"
+    if not roles.token_level and len(labels) < 2:
+        mapped = " after data.label_map" if spec.data.label_map else ""
+        raise DataError(f"{sources['train']}: every example has the label '{next(iter(labels), '')}'{mapped}; "
+                        "a classifier needs at least two classes.")
     for split, rows in splits.items():
         if split in inferred_from or (split == "train" and isinstance(rows, StreamedRows)):
             continue  # labels are inferred from this split, or were checked while streaming
@@ -363,6 +373,8 @@ def summarise(data: TaskData) -> dict[str, Any]:
             info["tokens"] = sum(len(r["tags"]) for r in rows)
             if data.spec.data.tag_scheme != "none":
                 info["entities"] = sum(t.startswith("B-") for r in rows for t in r["tags"])
+            if data.spec.data.repair:
+                info["repaired tags"] = sum(r.get("repaired", 0) for r in rows)
         else:
             counts: dict[str, int] = {}
             for r in rows:

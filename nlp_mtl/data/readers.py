@@ -51,10 +51,18 @@ def read_text(path: Path, encoding: str) -> str:
         ) from None
 
 
+BOM = "\ufeff"
+
+
 def _open_text(path: Path, encoding: str) -> Iterator[str]:
-    """The file's lines, streamed; a decoding error is reported with its line (read_text finds it)."""
+    """The file's lines, streamed; a decoding error is reported with its line (read_text finds it).
+    A byte-order mark at the start is dropped, in every format and every encoding."""
     try:
         with path.open(encoding=encoding, newline="") as handle:
+            first = next(handle, None)
+            if first is None:
+                return
+            yield first[1:] if first.startswith(BOM) else first
             yield from handle
     except LookupError:
         raise ConfigError(f"{path}: unknown encoding '{encoding}' in data.encoding.") from None
@@ -82,9 +90,25 @@ def _columns(spec: DataSpec, roles: Roles, defaults: dict[str, int | str]) -> di
 def _check_text(value: Any, role: str, where: str) -> str:
     if value is None:
         raise DataError(f"{where}: missing value for '{role}'.")
-    text = str(value)
-    if not text.strip():
+    if not isinstance(value, str):
+        raise DataError(f"{where}: '{role}' must be a string, got {_shown(value)}.")
+    if not value.strip():
         raise DataError(f"{where}: empty '{role}'; every example needs non-empty text.")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _label(value: Any, what: str, where: str) -> str:
+    """Labels and tags are strings or integers (class ids); anything else (NaN, a list, true) is refused."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: {what} must be a string or an integer, got {_shown(value)}.")
+    text = str(value).strip()
+    if not text:
+        raise DataError(f"{where}: empty {what}.")
     return text
 
 
@@ -101,14 +125,20 @@ def _finish_row(row: Row, roles: Roles, where: str) -> Row:
             raise DataError(f"{where}: empty sentence (no tokens).")
         if len(tokens) != len(tags):
             raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each token needs one tag.")
-        return {"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags], "line": row["line"]}
+        for i, token in enumerate(tokens):
+            if isinstance(token, bool) or not isinstance(token, (str, int)):
+                raise DataError(f"{where}: token {i + 1} must be a string, got {_shown(token)}.")
+            if not str(token).strip():
+                raise DataError(f"{where}: token {i + 1} is empty; every token needs at least one character.")
+        tags = [_label(t, f"the tag of token {i + 1}", where) for i, t in enumerate(tags)]
+        return {"tokens": [str(t) for t in tokens], "tags": tags, "line": row["line"]}
     out = {"text": _check_text(row.get("text"), "text", where), "line": row["line"]}
     if "text_pair" in roles.all and row.get("text_pair") is not None:
         out["text_pair"] = _check_text(row["text_pair"], "text_pair", where)
     label = row.get("label")
-    if label is None or str(label).strip() == "":
+    if label is None or (isinstance(label, str) and label.strip() == ""):
         raise DataError(f"{where}: missing label.")
-    out["label"] = str(label).strip()
+    out["label"] = _label(label, "the label", where)
     return out
 
 
@@ -143,6 +173,8 @@ def read_conll(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
             raise DataError(f"{path}:{number}: ragged row: {len(parts)} columns where earlier rows have {width}: {line!r}.")
         if not tokens:
             start = number
+        if not parts[columns["tokens"]].strip():
+            raise DataError(f"{path}:{number}: empty token (column {columns['tokens']}); every token needs at least one character.")
         tokens.append(parts[columns["tokens"]])
         tags.append(parts[columns["tags"]])
     if tokens:
@@ -178,14 +210,28 @@ def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) ->
             raise ConfigError(f"data.columns.{role}: required for a file without header (a 0-based column index).")
     # QUOTE_NONE for TSV: GLUE-style TSVs contain bare quotes that are text, not quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(_open_text(path, spec.encoding), delimiter=delimiter, quoting=quoting)
+    # strict: a quote that never closes, or text right after a closing quote, is an error.
+    reader = csv.reader(_open_text(path, spec.encoding), delimiter=delimiter, quoting=quoting,
+                        strict=quoting != csv.QUOTE_NONE)
     index: dict[str, int] = {}
     next_start = 1
-    for record in reader:
+    width: int | None = None
+    records = iter(reader)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise _quoting_error(path, next_start, reader.line_num, str(err)) from None
         # Where this record starts: a quoted field may run over several lines.
         number, next_start = next_start, reader.line_num + 1
         if not record or all(not cell.strip() for cell in record):
             continue
+        if width is None:
+            width = len(record)
+        elif reader.line_num > number:
+            _check_swallowed(path, number, reader.line_num, record, width, delimiter, index.get("label"))
         if spec.header and not index:
             header = [cell.strip() for cell in record]
             for role, name in columns.items():
@@ -210,6 +256,37 @@ def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) ->
                 continue
             row[role] = record[col]
         yield _finish_row(row, roles, where)
+
+
+QUOTE_HINT = 'close the quote, or double a quote that is part of the text ("").'
+
+
+def _quoting_error(path: Path, start: int, current: int, problem: str) -> DataError:
+    if "end of data" in problem or "EOF" in problem:
+        return DataError(f"{path}:{start}: a quote opened on this line is never closed (it runs to the end of the "
+                         f"file, line {current}); {QUOTE_HINT}")
+    if current > start:
+        return DataError(f"{path}:{start}: a quote opened on this line runs to line {current}, where the quoting "
+                         f"breaks ({problem}); {QUOTE_HINT}")
+    return DataError(f"{path}:{current}: malformed quoting ({problem}); {QUOTE_HINT}")
+
+
+def _check_swallowed(path: Path, start: int, end: int, record: list[str], width: int, delimiter: str,
+                     label_col: int | None) -> None:
+    """A quoted field that spans lines is fine (a review in two paragraphs) unless the lines it
+    took in are rows of their own: a stray quote that swallowed them, silently, as one example."""
+    swallowed = 0
+    for cell in record:
+        for line in cell.splitlines()[1:]:
+            parts = next(csv.reader([line], delimiter=delimiter), [])
+            if len(parts) != width:
+                continue
+            label = parts[label_col] if label_col is not None and -width <= label_col < width else parts[-1]
+            if label.strip() and " " not in label.strip() and len(label.strip()) <= 40:
+                swallowed += 1
+    if swallowed:
+        raise DataError(f"{path}:{start}: a quote opened on this line runs to line {end}, swallowing {swallowed} "
+                        f"line{'s' if swallowed > 1 else ''} that look like rows of their own; {QUOTE_HINT}")
 
 
 @READERS.register("csv")

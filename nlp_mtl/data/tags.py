@@ -47,3 +47,36 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
             out.append(("B-" if prefix in "BS" else "I-") + kind)
         previous_type = kind
     return out
+
+
+def sequence_problem(tags: Sequence[str], scheme: str) -> tuple[int, str] | None:
+    """The first tag that breaks ``scheme``'s sequence rules, as (index, description), else None.
+
+    IOB2 and BIOES: an I- (BIOES: also E-) continues an entity, so it must follow a B- or I- of
+    the same type; after 'O', at the start, or after another type it is an error. IOB1 allows an
+    I- to start an entity, and 'none' has no rules.
+    """
+    if scheme not in ("iob2", "bioes"):
+        return None
+    previous_prefix, previous_type = "O", ""
+    for i, tag in enumerate(tags):
+        prefix, kind = _split(tag)
+        continues = "I" if scheme == "iob2" else "IE"
+        if prefix in continues and (previous_prefix not in ("B", "I") or previous_type != kind):
+            after = "the start of the sentence" if i == 0 else f"'{tags[i - 1]}'"
+            return i, (f"tag '{tag}' after {after}: an {prefix}- tag continues an entity of its type, which "
+                       f"{scheme.upper()} starts with B-")
+        previous_prefix, previous_type = prefix, kind
+    return None
+
+
+def repair(tags: Sequence[str], scheme: str) -> tuple[list[str], int]:
+    """``tags`` with every tag that continues no entity made to start one (I- -> B-, BIOES E- -> S-),
+    and how many were changed (``repair: true`` in the spec's data section)."""
+    out, changed = list(tags), 0
+    while (problem := sequence_problem(out, scheme)) is not None:
+        i = problem[0]
+        prefix, kind = _split(out[i])
+        out[i] = ("S-" if prefix == "E" else "B-") + kind
+        changed += 1
+    return out, changed

@@ -81,6 +81,8 @@ class AdaptSettings:
             raise UserError(f"--init-scale: expected a factor in [0, 1], got {self.init_scale:g}.")
         if self.lr <= 0:
             raise UserError(f"--lr: expected a number > 0, got {self.lr:g}.")
+        if not self.lr <= 1:  # NaN too
+            raise UserError(f"--lr: expected a learning rate of at most 1, got {self.lr:g}.")
 
 
 def fewshot_metric(task: PreparedTask) -> str:
@@ -317,6 +319,10 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
                         labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
                         metric=task.metric, pair=has_text_pairs(task.data.splits["train"]))
     index = class_index(task)  # one pass over the train split, shared by every seed
+    short = [(c, int(n)) for c, n in zip(index.classes, index.counts()) if n < settings.shots]
+    if short:  # K shots of a class with fewer examples would quietly be fewer than K
+        raise UserError(f"--shots {settings.shots}: more than the train split of {task.spec.source} has of " +
+                        ", ".join(f"'{c}' ({n})" for c, n in short) + "; lower --shots or add examples.")
     was_training, encoder_trainable = model.training, next(model.encoder.parameters()).requires_grad
     results = []
     try:

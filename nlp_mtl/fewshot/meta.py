@@ -36,7 +36,7 @@ from ..model.heads import Head
 from ..registry import HEADS
 from ..training.accelerator import make_accelerator
 from ..training.callbacks import Checkpointer, JsonlLog, ProgressBar, ThroughputMeter
-from ..training.checkpoint import find_checkpoint, load_checkpoint
+from ..training.checkpoint import checkpoint_note, find_checkpoint, load_checkpoint
 from ..training.engine import Batch, Callback, Engine, EngineState, MicroBatch
 from ..training.guard import NonFiniteGuard
 from ..training.tracking import resolve_trackers
@@ -373,13 +373,21 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     installed.append(ProgressBar(disabled=quiet or not main, desc=f"meta-training ({mc.algorithm})"))
     engine = Engine(accelerator, model, optimizer, scheduler,
                     EpisodeSource(sources, weights, seed, accelerator.process_index, accelerator.device), loss,
-                    NonFiniteGuard(on_nonfinite_loss, log, checkpoints or Path(os.devnull), "meta.outer_lr"),
+                    NonFiniteGuard(on_nonfinite_loss, log, lambda: _checkpoint_note(checkpoints), "meta.outer_lr"),
                     installed + list(callbacks or []), steps, state=state)
     engine.fit()
     if trackers:
         accelerator.end_training()
     return MetaResult(metrics_path.parent if metrics_path else Path("."), steps * mc.meta_batch * world,
                       time.perf_counter() - started, logger.history)
+
+
+def _checkpoint_note(checkpoints: Path | None) -> str:
+    if checkpoints is None:
+        return "nothing was checkpointed"
+    from ..run_dir import RunDir
+
+    return checkpoint_note(RunDir(checkpoints.parent.parent), "meta-train")
 
 
 def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrite: bool = False,

@@ -218,6 +218,8 @@ class MultiTaskModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model to ``directory`` atomically: a temp dir renamed into place."""
+        from ..backbone import weight_digests
+
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -234,6 +236,7 @@ class MultiTaskModel(nn.Module):
                 for group, adapter_set in self.adapters.items():
                     save_file(_cpu_state(adapter_set), tmp / "adapters" / f"{group}.safetensors")
                 manifest["adapters"] = self.adapter_setup.to_json()
+            manifest["files"] = weight_digests(tmp)  # checked on load: a truncated or corrupt file is named
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             replace_dir(tmp, directory)
         finally:
@@ -242,7 +245,7 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
         """Load a model saved by ``save_pretrained``; a run directory works too (its ``model/``)."""
-        from ..backbone import load_encoder, load_tokenizer
+        from ..backbone import load_encoder, load_tokenizer, verify_model_folder
 
         directory = Path(directory)
         if not (directory / MANIFEST).is_file() and (directory / "model" / MANIFEST).is_file():
@@ -258,6 +261,7 @@ class MultiTaskModel(nn.Module):
             raise UserError(f"{manifest_path}: unreadable model manifest ({err}).") from None
         if not (directory / "model.safetensors").is_file() and not any(directory.glob("model-*.safetensors")):
             raise UserError(f"{directory}: no model.safetensors; nlp-mtl loads weights from safetensors only.")
+        verify_model_folder(directory, manifest, [t.name for t in tasks], adapters.groups if adapters else [])
         encoder = load_encoder(str(directory), safetensors_only=True)
         tokenizer = load_tokenizer(str(directory))
         model = cls(encoder, tasks, tokenizer, adapters)
@@ -292,10 +296,16 @@ def replace_dir(src: Path, dst: Path) -> None:
     from ..fileio import publish_mode
 
     publish_mode(src)
+    aside = None
     if dst.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, aside / dst.name)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if aside is not None:  # put the old folder back: a failed replace changes nothing
+            os.replace(aside / dst.name, dst)
+        raise
     for leftover in list(dst.parent.glob(f".{dst.name}.old-*")) + list(dst.parent.glob(f".{dst.name}.tmp-*")):
         if leftover != src:
             shutil.rmtree(leftover, ignore_errors=True)

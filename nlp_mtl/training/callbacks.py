@@ -225,8 +225,9 @@ class EarlyStopping(Callback):
 
 
 class Checkpointer(Callback):
-    """A resumable checkpoint at every validation and every ``every`` steps (0: only at
-    validations), never after the last step: the finished run's model is saved instead."""
+    """A resumable checkpoint at every validation, every ``every`` steps (0: only at
+    validations) and after the last step: a failure while saving the final model (a full disk)
+    then leaves a run that resumes straight to that save."""
 
     def __init__(self, directory: Path, every: int, is_main: bool) -> None:
         self.directory, self.every, self.is_main = directory, every, is_main
@@ -234,8 +235,8 @@ class Checkpointer(Callback):
     def on_step_end(self, engine: Engine, micro_batches: list[MicroBatch]) -> None:
         state = engine.state
         periodic = self.every and state.step % self.every == 0
-        if state.step < engine.total_steps and not engine.should_stop and (
-                periodic or state.last_evaluation == state.step):
+        last = state.step == engine.total_steps or engine.should_stop
+        if periodic or last or state.last_evaluation == state.step:
             self.save(engine)
 
     def save(self, engine: Engine) -> None:

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..fileio import writing
 from ..model.multitask import replace_dir
 from .engine import EngineState
 
@@ -61,19 +62,23 @@ def gather_rng_states(accelerator: Any) -> dict[str, torch.Tensor]:
 def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: EngineState,
                     rng_states: dict[str, torch.Tensor]) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        model.save_pretrained(tmp / "model")
-        tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        save_file(rng_states, tmp / "rng.safetensors")
-        scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        payload = {"trainer": dataclasses.asdict(state), "optimizer": meta, "scheduler": scheduler_state, "format_version": FORMAT_VERSION}
-        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
-        replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A failed write (a full disk) leaves the previous checkpoint in place and raises a
+    FileSystemError naming ``directory``."""
+    with writing(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            model.save_pretrained(tmp / "model")
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            save_file(rng_states, tmp / "rng.safetensors")
+            scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            payload = {"trainer": dataclasses.asdict(state), "optimizer": meta, "scheduler": scheduler_state,
+                       "format_version": FORMAT_VERSION}
+            (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
+            replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_checkpoint(directory: Path) -> Path | None:
@@ -83,6 +88,18 @@ def find_checkpoint(directory: Path) -> Path | None:
     aside = [p / directory.name for p in directory.parent.glob(f".{directory.name}.old-*")]
     aside = [p for p in aside if (p / STATE_FILE).is_file()]
     return max(aside, key=lambda p: (p / STATE_FILE).stat().st_mtime) if aside else None
+
+
+def checkpoint_note(run: Any, command: str = "train") -> str:
+    """What a stopped run has to continue from, for messages: its checkpoint and step, or nothing."""
+    found = find_checkpoint(run.last_dir)
+    if found is None:
+        return "no checkpoint had been written yet, so there is nothing to resume from"
+    try:
+        step = json.loads((found / STATE_FILE).read_text())["trainer"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        step = "?"
+    return f"the last good checkpoint ({found}, step {step}) is intact; continue with: nlp-mtl {command} --resume {run.path}"
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer,

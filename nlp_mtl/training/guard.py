@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
 from ..errors import UserError
 from .callbacks import JsonlLog
-from .checkpoint import find_checkpoint
 from .engine import Engine
 
 
@@ -21,9 +20,10 @@ class NonFiniteGuard:
     drops the batch and logs it. Decided jointly, so that no process waits in an all-reduce the
     others skip; on CPU the check is free, and it keeps one bad batch from poisoning the weights."""
 
-    def __init__(self, policy: str, log: JsonlLog, checkpoints: Path, rate_setting: str) -> None:
-        # rate_setting: the learning rate to suggest lowering (training.lr, meta.outer_lr).
-        self.policy, self.log, self.checkpoints, self.rate_setting = policy, log, checkpoints, rate_setting
+    def __init__(self, policy: str, log: JsonlLog, checkpoint_note: Callable[[], str], rate_setting: str) -> None:
+        # checkpoint_note: what is left to resume from, said when stopping; rate_setting: the
+        # learning rate to suggest lowering (training.lr, meta.outer_lr).
+        self.policy, self.log, self.checkpoint_note, self.rate_setting = policy, log, checkpoint_note, rate_setting
 
     def rejects(self, engine: Engine, task: str, loss: torch.Tensor) -> bool:
         nonfinite = ~torch.isfinite(loss.detach())
@@ -33,10 +33,8 @@ class NonFiniteGuard:
             return False
         step = engine.state.step + 1
         if self.policy == "stop":
-            kept = (f"the last good checkpoint in {self.checkpoints} is intact" if find_checkpoint(self.checkpoints)
-                    else "no checkpoint had been written yet")
             raise NonFiniteLoss(f"training stopped: non-finite loss ({float(loss.detach())}) on task '{task}' at "
-                                f"step {step}; {kept}. Lower {self.rate_setting} (or set training.on_nonfinite_loss: "
+                                f"step {step}; {self.checkpoint_note()}. Lower {self.rate_setting} (or set training.on_nonfinite_loss: "
                                 "skip) and train again.")
         self.log.write({"event": "skipped", "step": step, "task": task, "reason": "non-finite loss"})
         return True

@@ -31,7 +31,7 @@ from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from .callbacks import (Checkpointer, EarlyStopping, Evaluator, JsonlLog, LossLogger, ProgressBar, ThroughputMeter,
                         Validation)
-from .checkpoint import find_checkpoint, load_checkpoint
+from .checkpoint import checkpoint_note, find_checkpoint, load_checkpoint
 from .engine import Batch, Callback, Engine, EngineState
 from .guard import NonFiniteGuard
 from .accelerator import make_accelerator
@@ -290,7 +290,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     installed = standard_callbacks(config, run, accelerator, tasks, steps, log, bool(trackers), quiet, say, pad_id)
     engine = Engine(accelerator, model, optimizer, scheduler, source,
                     TaskLoss(model, {t.name: t.spec.loss_weight for t in tasks}, accelerator.device),
-                    NonFiniteGuard(tc.on_nonfinite_loss, log, run.last_dir, "training.lr"), installed + list(callbacks or []),
+                    NonFiniteGuard(tc.on_nonfinite_loss, log, lambda: checkpoint_note(run), "training.lr"), installed + list(callbacks or []),
                     steps, tc.max_grad_norm, state)
     state = engine.fit()
     return finish_run(config, run, accelerator, engine, tasks, log, bool(trackers), say, quiet, pad_id, started)
