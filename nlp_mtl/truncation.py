@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .inference import split_words
+from .registry import TASK_TYPES
 
 
 def count_truncated(model: Any, inputs: list[str | dict[str, str]], results: list[dict[str, Any]]) -> int:
@@ -37,7 +38,8 @@ def count_truncated(model: Any, inputs: list[str | dict[str, str]], results: lis
     for name, info in model.tasks.items():
         if info.pair and not all(pairs):
             continue  # not predicted for this input
-        kind = "pair" if info.pair else "words" if info.task_type == "token_classification" else "text"
+        # Token tasks read the input as words, sequence tasks as raw text (as predict encodes them).
+        kind = "pair" if info.pair else "words" if TASK_TYPES.get(info.task_type).roles.token_level else "text"
         for i, n in enumerate(measure(kind)):
             if n > info.max_length and name in results[i]["tasks"]:
                 results[i]["truncated"].append(name)

@@ -130,7 +130,7 @@ def _jsonl(rows):
     ("prose.txt", "".join(f"{w} number {i} says something else.\n" for i, w in enumerate(["It", "We", "A", "One", "Then",
                                                                                         "So", "Now", "He"] * 5)),
      "cannot tell the format"),
-    ("one_label.tsv", "".join(f"pos\tsome text {i}\n" for i in range(20)), "one label only (pos)"),
+    ("one_label.tsv", "".join(f"pos\tsome text {i}\n" for i in range(20)), "every example has the label 'pos'"),
     ("ids.jsonl", _jsonl({"tokens": ["a", "b"], "ner_tags": [0, 3]} for _ in range(5)), "are integers (class ids)"),
     ("multi.jsonl", _jsonl({"text": f"t {i}", "labels": ["a", "b"]} for i in range(20)), "multi-label"),
     ("both.jsonl", _jsonl({"tokens": ["a", "b"], "tags": ["O", "B-X"], "label": "x"} for _ in range(5)), "--type"),
