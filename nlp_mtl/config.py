@@ -40,7 +40,8 @@ class DataSpec:
     train: str | None = None
     validation: str | CarvedSplit | None = None
     test: str | None = None
-    # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks).
+    # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks),
+    # text/text_pair/labels (multi-label tasks).
     # Column indices for conll and header-less csv/tsv, field or header names otherwise.
     columns: dict[str, int | str] = field(default_factory=dict)
     encoding: str = "utf-8"
@@ -51,6 +52,9 @@ class DataSpec:
     pattern: str | None = None
     doc_start: str = "-DOCSTART-"
     label_map: dict[str, str] | None = None
+    # Label-set tasks (multi_label_classification): the string between labels where the label
+    # field is text (a csv/tsv cell, a regex group), e.g. "|"; a JSON list needs none.
+    label_separator: str | None = None
     # Hub datasets: name/config for load_dataset, or path for a dataset saved with save_to_disk.
     name: str | None = None
     config: str | None = None
@@ -65,6 +69,8 @@ class DataSpec:
             raise ConfigError(f"{where}.train: missing; format '{self.format}' needs a train file.")
         if self.format == "regex" and not self.pattern:
             raise ConfigError(f"{where}.pattern: format 'regex' needs a pattern with named groups, e.g. '^(?P<label>\\S+) (?P<text>.*)$'.")
+        if self.label_separator == "":
+            raise ConfigError(f"{where}.label_separator: expected a non-empty string such as '|'.")
         for split in self.splits:
             if split not in ("train", "validation", "test"):
                 raise ConfigError(f"{where}.splits.{split}: expected train, validation or test.")
