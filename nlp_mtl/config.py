@@ -79,7 +79,8 @@ class DataSpec:
     validation: str | CarvedSplit | None = None
     # Test file: scored at the end of training and by evaluate --split test.
     test: str | None = None
-    # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks).
+    # Role -> column. Roles: tokens/tags (token tasks), text/text_pair/label (sequence tasks),
+    # text/text_pair/labels (multi-label tasks).
     # Column indices for conll and header-less csv/tsv, field or header names otherwise.
     columns: dict[str, int | str] = field(default_factory=dict)
     # Text encoding of the files (TREC needs latin-1).
@@ -99,6 +100,9 @@ class DataSpec:
     doc_start: str = "-DOCSTART-"
     # Sequence tasks: rename raw labels, e.g. {'0': negative, '1': positive}; a label not in it is an error.
     label_map: dict[str, str] | None = None
+    # Label-set tasks (multi_label_classification): the string between labels where the label
+    # field is text (a csv/tsv cell, a regex group), e.g. "|"; a JSON list needs none.
+    label_separator: str | None = None
     # Hub datasets: name/config for load_dataset, or path for a dataset saved with save_to_disk.
     name: str | None = None
     # Hub dataset configuration (the second argument of load_dataset).
@@ -116,6 +120,8 @@ class DataSpec:
             raise ConfigError(f"{where}.train: missing; format '{self.format}' needs a train file.")
         if self.format == "regex" and not self.pattern:
             raise ConfigError(f"{where}.pattern: format 'regex' needs a pattern with named groups, e.g. '^(?P<label>\\S+) (?P<text>.*)$'.")
+        if self.label_separator == "":
+            raise ConfigError(f"{where}.label_separator: expected a non-empty string such as '|'.")
         for split in self.splits:
             if split not in ("train", "validation", "test"):
                 raise ConfigError(f"{where}.splits.{split}: expected train, validation or test.")

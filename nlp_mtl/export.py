@@ -62,11 +62,13 @@ class ExportResult:
     pipeline_task: str
     remote_code: bool
     max_abs_diff: float
+    pipeline_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def usage(self) -> str:
         extra = ", trust_remote_code=True" if self.remote_code else ""
         aggregation = ', aggregation_strategy="first"' if self.pipeline_task == "token-classification" else ""
-        return f'pipeline("{self.pipeline_task}", model="{self.path}"{aggregation}{extra})'
+        kwargs = "".join(f", {key}={value!r}" for key, value in self.pipeline_kwargs.items())
+        return f'pipeline("{self.pipeline_task}", model="{self.path}"{aggregation}{kwargs}{extra})'
 
 
 def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool = False) -> ExportResult:
@@ -130,7 +132,7 @@ def _write_export(model: MultiTaskModel, reference: MultiTaskModel, source: str 
         tokenizer.model_max_length = info.max_length
         tokenizer.save_pretrained(tmp)
         diff = _check_equal(reference, task, tmp, pipeline_task, remote)
-        result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, diff)
+        result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, diff, exported.pipeline_kwargs)
         (tmp / "README.md").write_text(_model_card(source, task, info.labels, result))
         replace_dir(tmp, out)
     finally:

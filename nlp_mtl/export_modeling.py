@@ -19,6 +19,8 @@ from transformers import BertModel as FamilyModel  # and this one
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+# Hugging Face's config.problem_type for label sets: one sigmoid per label, binary cross-entropy.
+MULTI_LABEL = "multi_label_classification"
 # Encoders whose AutoModel would add BERT's unused pooler unless told not to.
 _HAS_POOLER = ("bert", "roberta", "xlm-roberta", "camembert")
 
@@ -61,6 +63,8 @@ class NlpMtlForSequenceClassification(PreTrainedModel):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         logits = self.classifier(self.dropout(pooled))
         loss = None
-        if labels is not None:
+        if labels is not None and self.config.problem_type == MULTI_LABEL:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        elif labels is not None:
             loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -95,7 +95,8 @@ class Predictor:
                 logits.update(self._run(enc, group, pair=True))
         results: list[dict[str, Any]] = [{"text": t, "tasks": {}} for t in texts]
         for name, task_logits in logits.items():
-            outputs = task_types[name].predictions(task_logits, tasks[name].labels, split, word_ids.get(name))
+            outputs = task_types[name].predictions(task_logits, tasks[name].labels, split, word_ids.get(name),
+                                                   tasks[name].head_options)
             for result, output in zip(results, outputs):
                 result["tasks"][name] = output
         return results

@@ -73,18 +73,20 @@ class _FieldWriter:
         self.size = 0
         self.ragged: bool | None = None
         self.lengths: list[np.ndarray] = []
+        # Fixed-width rows (a multi-hot label matrix): the shape of one example's entry.
+        self.row_shape: tuple[int, ...] = ()
 
     def append(self, value: Ragged | np.ndarray) -> None:
         flat = value.flat if isinstance(value, Ragged) else np.asarray(value)
         ragged = isinstance(value, Ragged)
         if self.ragged is None:
-            self.ragged, self.dtype = ragged, flat.dtype
-        elif ragged != self.ragged or flat.dtype != self.dtype:
+            self.ragged, self.dtype, self.row_shape = ragged, flat.dtype, flat.shape[1:]
+        elif ragged != self.ragged or flat.dtype != self.dtype or flat.shape[1:] != self.row_shape:
             raise RuntimeError(f"{self.name}: chunks disagree in shape or dtype ({flat.dtype} after {self.dtype})")
         if ragged:
             self.lengths.append(value.lengths())
         self.handle.write(np.ascontiguousarray(flat).tobytes())
-        self.size += len(flat)
+        self.size += flat.size
 
     def finish(self) -> dict[str, Any]:
         self.handle.close()
@@ -93,7 +95,8 @@ class _FieldWriter:
             if self.lengths:
                 np.cumsum(np.concatenate(self.lengths), out=offsets[1:])
             np.save(self.path.with_suffix(".offsets.npy"), offsets)
-        return {"dtype": str(self.dtype), "size": self.size, "ragged": bool(self.ragged)}
+        info = {"dtype": str(self.dtype), "size": self.size, "ragged": bool(self.ragged)}
+        return {**info, "row_shape": list(self.row_shape)} if self.row_shape else info
 
 
 def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -203,6 +206,8 @@ def open_split(directory: Path) -> EncodedSplit:
         dtype = np.dtype(info["dtype"])
         # np.memmap cannot map an empty file.
         flat = np.memmap(path, dtype=dtype, mode="r", shape=(info["size"],)) if info["size"] else np.empty(0, dtype)
+        if info.get("row_shape"):
+            flat = flat.reshape(-1, *info["row_shape"])
         fields[name] = Ragged(flat, np.load(path.with_suffix(".offsets.npy"), mmap_mode="r")) if info["ragged"] else flat
     return EncodedSplit(input_ids=fields["input_ids"], labels=fields["labels"],
                         token_type_ids=fields.get("token_type_ids"), word_index=fields.get("word_index"),

@@ -120,19 +120,19 @@ def _normalise_row(spec: TaskSpec, row: Row, roles: Roles, source: str) -> Row:
         row["tags"] = to_iob2(row["tags"], spec.data.tag_scheme)
     elif spec.data.label_map:
         label_map = spec.data.label_map
-        if row["label"] not in label_map:
-            raise DataError(f"{source}:{row['line']}: label '{row['label']}' is not in data.label_map ({', '.join(label_map)}).")
-        row["label"] = label_map[row["label"]]
+        for label in roles.labels_of(row):
+            if label not in label_map:
+                raise DataError(f"{source}:{row['line']}: label '{label}' is not in data.label_map ({', '.join(label_map)}).")
+        if roles.label_set:
+            row["labels"] = list(dict.fromkeys(label_map[label] for label in row["labels"]))
+        else:
+            row["label"] = label_map[row["label"]]
     return row
 
 
 def _normalise_labels(spec: TaskSpec, rows: list[Row], roles: Roles, source: str) -> None:
     for row in rows:
         _normalise_row(spec, row, roles, source)
-
-
-def _row_labels(row: Row, token_level: bool) -> list[str]:
-    return row["tags"] if token_level else [row["label"]]
 
 
 @dataclass
@@ -248,7 +248,7 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
     for n_rows, row in enumerate(stream.all_rows(), 1):
         if carve is None and n_rows <= keep:
             seen.update(row)  # roles of the rows training will see, as in memory
-        values = _row_labels(row, roles.token_level)
+        values = roles.labels_of(row)
         counts.update(values)
         if allowed is not None:
             _check_allowed(spec, row, values, allowed, declared, source, "the labels declared in the spec")
@@ -258,7 +258,7 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
         for i, row in enumerate(stream.all_rows()):
             if i in held:
                 validation.append(row)
-                counts.subtract(_row_labels(row, roles.token_level))
+                counts.subtract(roles.labels_of(row))
             elif kept < keep:
                 kept += 1
                 seen.update(row)
@@ -267,10 +267,10 @@ def _check_train(stream: StreamedRows) -> dict[str, Any]:
             "validation": validation}
 
 
-def _labels_of(rows: Iterable[Row], token_level: bool) -> set[str]:
+def _labels_of(rows: Iterable[Row], roles: Roles) -> set[str]:
     seen: set[str] = set()
     for row in rows:
-        seen.update(_row_labels(row, token_level))
+        seen.update(roles.labels_of(row))
     return seen
 
 
@@ -345,11 +345,15 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
             if split == "train" and train_labels is not None:
                 seen |= train_labels
             else:
-                seen |= _labels_of(splits[split], roles.token_level)
+                seen |= _labels_of(splits[split], roles)
         labels = order_labels(seen, roles.token_level, spec.data.tag_scheme)
         allowed = set(labels)
         origin = "the train split" if inferred_from == ("train",) else f"the {', '.join(inferred_from)} splits"
-    if not roles.token_level and len(labels) < 2:
+        if not labels:  # label sets may be empty, but not all of them
+            raise DataError(f"{sources['train']}: no train example has a label; a task needs at least one "
+                            f"label to learn (or declare them under 'labels:' in {spec.source}).")
+    # One label of a label set is still a yes/no decision; one class of a classifier is none.
+    if not roles.token_level and not roles.label_set and len(labels) < 2:
         mapped = " after data.label_map" if spec.data.label_map else ""
         raise DataError(f"{sources['train']}: every example has the label '{next(iter(labels), '')}'{mapped}; "
                         "a classifier needs at least two classes.")
@@ -357,7 +361,7 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
         if split in inferred_from or (split == "train" and isinstance(rows, StreamedRows)):
             continue  # labels are inferred from this split, or were checked while streaming
         for row in rows:
-            _check_allowed(spec, row, _row_labels(row, roles.token_level), allowed, labels, sources[split], origin)
+            _check_allowed(spec, row, roles.labels_of(row), allowed, labels, sources[split], origin)
     for split, n in limit.items():
         if split in splits and not isinstance(splits[split], StreamedRows):
             splits[split] = splits[split][:n]
@@ -365,7 +369,8 @@ def load_task_data(spec: TaskSpec, root: Path, limit: dict[str, int] | None = No
 
 
 def summarise(data: TaskData) -> dict[str, Any]:
-    token_level = TASK_TYPES.get(data.spec.type).roles.token_level
+    roles: Roles = TASK_TYPES.get(data.spec.type).roles
+    token_level = roles.token_level
     out: dict[str, Any] = {"task": data.spec.name, "type": data.spec.type, "labels": data.labels, "splits": {}}
     for split, rows in data.splits.items():
         info: dict[str, Any] = {"examples": len(rows), "source": data.sources[split]}
@@ -378,7 +383,10 @@ def summarise(data: TaskData) -> dict[str, Any]:
         else:
             counts: dict[str, int] = {}
             for r in rows:
-                counts[r["label"]] = counts.get(r["label"], 0) + 1
+                for label in roles.labels_of(r):
+                    counts[label] = counts.get(label, 0) + 1
             info["label_counts"] = dict(sorted(counts.items()))
+            if roles.label_set:
+                info["without_labels"] = sum(not r["labels"] for r in rows)
         out["splits"][split] = info
     return out

@@ -1,7 +1,8 @@
 """Data-format readers: one function per ``data.format``, registered by name.
 
 A reader turns one file into an iterator of rows: ``{role: value, ..., "line": n}`` where roles are
-``tokens``/``tags`` for token tasks and ``text``/``text_pair``/``label`` for sequence tasks, and
+``tokens``/``tags`` for token tasks and ``text``/``text_pair``/``label`` for sequence tasks (``labels``,
+a list of zero or more strings, for tasks whose examples carry a label set), and
 ``line`` is where the example starts (for error messages). Readers check shape (columns present,
 equal lengths, non-empty); label validity is checked later, against the whole task.
 
@@ -35,6 +36,17 @@ class Roles:
     @property
     def all(self) -> tuple[str, ...]:
         return self.required + self.optional
+
+    @property
+    def label_set(self) -> bool:
+        """Whether an example carries a set of labels (role ``labels``, zero or more) instead of one."""
+        return "labels" in self.all
+
+    def labels_of(self, row: Row) -> list[str]:
+        """Every label a row carries: one per token, its label set, or its one label."""
+        if self.token_level:
+            return row["tags"]
+        return row["labels"] if self.label_set else [row["label"]]
 
 
 def read_text(path: Path, encoding: str) -> str:
@@ -78,6 +90,9 @@ def _lines(path: Path, spec: DataSpec) -> Iterator[tuple[int, str]]:
 
 
 def _columns(spec: DataSpec, roles: Roles, defaults: dict[str, int | str]) -> dict[str, int | str]:
+    if spec.label_separator is not None and not roles.label_set:
+        raise ConfigError("data.label_separator: splits a label field into a label set; this task type "
+                          "takes one label per example (or per token), so remove it.")
     for role in spec.columns:
         if role not in roles.all:
             raise ConfigError(
@@ -112,7 +127,30 @@ def _label(value: Any, what: str, where: str) -> str:
     return text
 
 
-def _finish_row(row: Row, roles: Roles, where: str) -> Row:
+def _label_set(value: Any, separator: str | None, where: str) -> list[str]:
+    """A label set from a JSON list of strings, or from text split at ``data.label_separator``
+    (blank text: no labels). Labels are stripped; a repeated one counts once."""
+    if isinstance(value, str):
+        if separator is None:
+            raise DataError(f"{where}: 'labels' is the text {value[:60]!r}, not a list; set data.label_separator "
+                            "(for example '|') to split it, or give a JSON list of strings.")
+        parts = value.split(separator) if value.strip() else []
+        labels = [part.strip() for part in parts]
+        if any(not label for label in labels):
+            raise DataError(f"{where}: empty label in {value[:60]!r} (data.label_separator {separator!r}).")
+    elif isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise DataError(f"{where}: 'labels' must be a list of non-empty strings; it holds {item!r} "
+                                f"({type(item).__name__}).")
+        labels = [item.strip() for item in value]
+    else:
+        raise DataError(f"{where}: 'labels' must be a list of strings (an empty list for no labels), "
+                        f"got {value!r} ({type(value).__name__}).")
+    return list(dict.fromkeys(labels))
+
+
+def _finish_row(row: Row, roles: Roles, where: str, spec: DataSpec) -> Row:
     if roles.token_level:
         tokens, tags = row["tokens"], row["tags"]
         if isinstance(tokens, str):
@@ -135,6 +173,9 @@ def _finish_row(row: Row, roles: Roles, where: str) -> Row:
     out = {"text": _check_text(row.get("text"), "text", where), "line": row["line"]}
     if "text_pair" in roles.all and row.get("text_pair") is not None:
         out["text_pair"] = _check_text(row["text_pair"], "text_pair", where)
+    if roles.label_set:
+        out["labels"] = _label_set(row.get("labels"), spec.label_separator, where)
+        return out
     label = row.get("label")
     if label is None or (isinstance(label, str) and label.strip() == ""):
         raise DataError(f"{where}: missing label.")
@@ -200,7 +241,7 @@ def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
                 row[role] = obj[key]
             elif role in roles.required:
                 raise DataError(f"{where}: missing field '{key}' (data.columns.{role}); fields present: {', '.join(obj)}.")
-        yield _finish_row(row, roles, where)
+        yield _finish_row(row, roles, where, spec)
 
 
 def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) -> Iterator[Row]:
@@ -255,7 +296,7 @@ def _read_delimited(path: Path, spec: DataSpec, roles: Roles, delimiter: str) ->
                     raise DataError(f"{where}: {len(record)} columns, but '{role}' is column {col}.")
                 continue
             row[role] = record[col]
-        yield _finish_row(row, roles, where)
+        yield _finish_row(row, roles, where, spec)
 
 
 QUOTE_HINT = 'close the quote, or double a quote that is part of the text ("").'
@@ -320,7 +361,7 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
         if match is None:
             raise DataError(f"{where}: line does not match data.pattern {spec.pattern!r}: {line[:80]!r}.")
         row: Row = {"line": number, **{k: v for k, v in match.groupdict().items() if v is not None}}
-        yield _finish_row(row, roles, where)
+        yield _finish_row(row, roles, where, spec)
 
 
 def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None) -> list[Row] | None:
@@ -344,7 +385,7 @@ def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None)
     for role, name in columns.items():
         if name not in table.column_names and role in roles.required:
             raise DataError(f"{source}[{split_name}]: no column '{name}' (data.columns.{role}); columns: {', '.join(table.column_names)}.")
-    names = {role: _label_names(table.features.get(columns.get(role, ""))) for role in ("label", "tags")}
+    names = {role: _label_names(table.features.get(columns.get(role, ""))) for role in ("label", "labels", "tags")}
     for i, record in enumerate(table):
         row: Row = {"line": i + 1}
         for role, name in columns.items():
@@ -358,7 +399,7 @@ def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None)
                                         f"({value}); this split is unlabelled.")
                     value = [names[role][v] for v in ids] if isinstance(value, list) else names[role][value]
                 row[role] = value
-        rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}"))
+        rows.append(_finish_row(row, roles, f"{source}[{split_name}] row {i}", spec))
     return rows
 
 

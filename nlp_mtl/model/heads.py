@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import HEADS
 from ..schema import from_mapping
 
@@ -85,3 +86,32 @@ class SequenceClassificationHead(Head):
             return torch.tanh(self.dense(hidden[:, 0]))
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class MultiLabelHeadOptions:
+    type: str = "multi_label_classification"
+    dropout: float = 0.1
+    pooling: Literal["mean", "cls"] = "mean"
+    # A label is predicted where its sigmoid probability is at least this; saved with the model,
+    # so `evaluate`, `predict` and the export's config all use the value training used.
+    threshold: float = 0.5
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"{where}.threshold: expected a probability in (0, 1), got {self.threshold}.")
+
+
+@HEADS.register("multi_label_classification")
+class MultiLabelClassificationHead(SequenceClassificationHead):
+    """A sequence head with one independent sigmoid per label: pooled like its parent (so it
+    exports the same way), trained with binary cross-entropy on multi-hot targets."""
+
+    Options = MultiLabelHeadOptions
+
+    def __init__(self, hidden_size: int, num_labels: int, options: MultiLabelHeadOptions) -> None:
+        super().__init__(hidden_size, num_labels, options)  # type: ignore[arg-type]
+        self.threshold = options.threshold
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -4,7 +4,7 @@ Importing this package registers the built-in types; a new type is one module he
 ``@TASK_TYPES.register("name")``.
 """
 
-from . import sequence_classification, token_classification  # noqa: F401
+from . import multi_label_classification, sequence_classification, token_classification  # noqa: F401
 from .base import HFExport, TaskReport, TaskType
 
 __all__ = ["HFExport", "TaskReport", "TaskType"]

@@ -18,6 +18,27 @@ from ..registry import TASK_TYPES
 from .base import HFExport, TaskReport
 
 
+def encode_texts(rows: list[Row], tokenizer: Any, max_length: int, labels: np.ndarray) -> EncodedSplit:
+    """Text (and text pair) of each row, tokenised in large batches, with the given label array."""
+    pairs = has_text_pairs(rows)
+    backend = rust_tokenizer(tokenizer, max_length)
+    ids, types, truncated = [], [], 0
+    for start in range(0, len(rows), 10000):
+        chunk = rows[start : start + 10000]
+        enc = encode_batch(backend, [r["text"] for r in chunk],
+                           [r.get("text_pair", "") for r in chunk] if pairs else None)
+        ids.extend(enc.input_ids)
+        types.extend(enc.type_ids)
+        truncated += sum(enc.truncated)
+    return EncodedSplit(
+        input_ids=Ragged.from_lists(ids),
+        labels=labels,
+        # Only encoders with segment embeddings use them, and only pairs have a segment 1.
+        token_type_ids=Ragged.from_lists(types) if pairs and "token_type_ids" in tokenizer.model_input_names else None,
+        truncated=truncated,
+    )
+
+
 class SequenceClassification:
     roles = Roles(required=("text", "label"), optional=("text_pair",))
     head = "sequence_classification"
@@ -32,23 +53,7 @@ class SequenceClassification:
 
     def encode(self, rows: list[Row], tokenizer: Any, labels: list[str], max_length: int) -> EncodedSplit:
         label2id = {label: i for i, label in enumerate(labels)}
-        pairs = has_text_pairs(rows)
-        backend = rust_tokenizer(tokenizer, max_length)
-        ids, types, truncated = [], [], 0
-        for start in range(0, len(rows), 10000):
-            chunk = rows[start : start + 10000]
-            enc = encode_batch(backend, [r["text"] for r in chunk],
-                               [r.get("text_pair", "") for r in chunk] if pairs else None)
-            ids.extend(enc.input_ids)
-            types.extend(enc.type_ids)
-            truncated += sum(enc.truncated)
-        return EncodedSplit(
-            input_ids=Ragged.from_lists(ids),
-            labels=np.array([label2id[r["label"]] for r in rows], dtype=np.int64),
-            # Only encoders with segment embeddings use them, and only pairs have a segment 1.
-            token_type_ids=Ragged.from_lists(types) if pairs and "token_type_ids" in tokenizer.model_input_names else None,
-            truncated=truncated,
-        )
+        return encode_texts(rows, tokenizer, max_length, np.array([label2id[r["label"]] for r in rows], dtype=np.int64))
 
     def decode_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
         return list(logits.argmax(-1).cpu().numpy()[:, None])
@@ -75,7 +80,7 @@ class SequenceClassification:
         return TaskReport(task=spec.name, split=split, metrics=metrics, text=text, details=details)
 
     def predictions(self, logits: torch.Tensor, labels: list[str], words: list[Any],
-                    word_ids: list[list[int | None]] | None) -> list[dict[str, Any]]:
+                    word_ids: list[list[int | None]] | None, head_options: dict[str, Any]) -> list[dict[str, Any]]:
         best_p, best = logits.float().softmax(-1).max(-1)
         return [{"label": labels[b], "probability": round(p, 4)} for p, b in zip(best_p.tolist(), best.tolist())]
 

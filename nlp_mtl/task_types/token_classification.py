@@ -142,7 +142,7 @@ class TokenClassification:
         return TaskReport(task=spec.name, split=split, metrics=metrics, text=text, details=details)
 
     def predictions(self, logits: torch.Tensor, labels: list[str], words: list[Any],
-                    word_ids: list[list[int | None]] | None) -> list[dict[str, Any]]:
+                    word_ids: list[list[int | None]] | None, head_options: dict[str, Any]) -> list[dict[str, Any]]:
         assert word_ids is not None
         # Best label and its probability for every position at once: one tensor op per batch,
         # then plain Python lists (per-position tensor indexing cost more than the encoder).
