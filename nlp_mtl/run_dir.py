@@ -189,13 +189,19 @@ def finish_replacement(run: RunDir) -> None:
     target = replaced_by(run)
     if target is None:
         return
+    import torch.distributed as dist
     from accelerate import PartialState
 
     state = PartialState()
-    state.wait_for_everyone()
+    # A run that logged to trackers has ended its process group already (end_training); only
+    # the main process writes, so then it swaps alone.
+    together = state.num_processes > 1 and dist.is_available() and dist.is_initialized()
+    if together:
+        state.wait_for_everyone()
     if state.is_main_process:
         swap_in(run, target)
-    state.wait_for_everyone()
+    if together:
+        state.wait_for_everyone()
 
 
 def holds_run(path: Path) -> bool:

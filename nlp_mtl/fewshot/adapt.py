@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,11 +53,17 @@ from ..evaluation import evaluate_tasks
 from ..evaluation.evaluate import predict_split
 from ..fileio import atomic_write
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
+from ..training.accelerator import make_accelerator
+from ..training.callbacks import JsonlLog
+from ..training.engine import Batch, Engine
+from ..training.guard import NonFiniteGuard
+from ..training.trainer import TaskLoss
 from .episodes import ClassIndex, support_set
 from .meta import META_GROUP, class_index
 from .prototypes import init_head_from_prototypes, labelled_features
 
 DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
+PRECISIONS = ("no", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class AdaptSettings:
     lr: float = 1e-3            # adapter and head
     encoder_lr: float = 5e-5    # init 'full' only
     eval_batch_size: int = 128
+    # Precision of the adaptation steps: no | bf16 | fp16 | auto (training.mixed_precision's values).
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         # Checked here, before a run or its data is loaded.
@@ -81,6 +90,8 @@ class AdaptSettings:
             raise UserError(f"--init-scale: expected a factor in [0, 1], got {self.init_scale:g}.")
         if self.lr <= 0:
             raise UserError(f"--lr: expected a number > 0, got {self.lr:g}.")
+        if self.mixed_precision not in PRECISIONS:
+            raise UserError(f"--mixed-precision: expected one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         if not self.lr <= 1:  # NaN too
             raise UserError(f"--lr: expected a learning rate of at most 1, got {self.lr:g}.")
 
@@ -159,9 +170,35 @@ def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: 
     model.heads[task.name].to(device)
 
 
+class SupportBatches:
+    """The engine's batch source for few-shot adaptation: the support set in shuffled batches,
+    a new order every pass (the whole sequence fixed by the seed up front)."""
+
+    def __init__(self, task: PreparedTask, indices: list[int], batch_size: int, steps: int, seed: int,
+                 pad_id: int, device: torch.device) -> None:
+        self.split, self.name, self.pad_id, self.device = task.encoded["train"], task.name, pad_id, device
+        rng = np.random.default_rng(seed)
+        order: list[int] = []
+        self.chunks: list[list[int]] = []
+        for _ in range(steps):
+            if not order:
+                order = rng.permutation(indices).tolist()
+            self.chunks.append(order[:batch_size])
+            order = order[batch_size:]
+
+    def batch_at(self, micro_step: int) -> Batch:
+        chunk = self.chunks[micro_step]
+        batch = {k: v.to(self.device) for k, v in collate(self.split, chunk, self.pad_id).items()}
+        return Batch(self.name, batch, len(chunk), int(self.split.lengths[chunk].sum()))
+
+    def cursors(self) -> dict[str, list[int]]:
+        return {}
+
+
 def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], settings: AdaptSettings, seed: int,
                full: bool, pad_id: int, device: torch.device) -> int:
-    """Prototype head, then the adaptation recipe on ``indices``; returns the optimizer steps."""
+    """Prototype head, then the adaptation recipe on ``indices``, on the training engine;
+    returns the optimizer steps."""
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
     groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
     if full:
@@ -169,22 +206,17 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     else:
         groups.append({"params": list(model.adapters[task.name].parameters()), "lr": settings.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    batches_per_epoch = math.ceil(len(indices) / settings.batch_size)
-    steps = min(settings.max_steps, settings.epochs * batches_per_epoch)
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    model.train()
-    for _ in range(steps):
-        if not order:
-            order = rng.permutation(indices).tolist()
-        chunk, order = order[: settings.batch_size], order[settings.batch_size :]
-        batch = {k: v.to(device) for k, v in collate(task.encoded["train"], chunk, pad_id).items()}
-        loss = model(task.name, **batch)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return steps
+    steps = min(settings.max_steps, settings.epochs * math.ceil(len(indices) / settings.batch_size))
+    # The model stays where adapt put it (its device), so only the precision is accelerate's.
+    accelerator, _ = make_accelerator(settings.mixed_precision, 1, Path(os.devnull), [])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    engine = Engine(accelerator, model, optimizer, scheduler,
+                    SupportBatches(task, indices, settings.batch_size, steps, seed, pad_id, device),
+                    TaskLoss(model, {task.name: 1.0}, device, autocast=accelerator.autocast),
+                    NonFiniteGuard("stop", JsonlLog(Path(os.devnull), False),
+                                   lambda: "this seed's adaptation is dropped", "--lr"),
+                    [], steps, max_grad_norm=1.0)
+    return engine.fit().step
 
 
 def _support_score(model: MultiTaskModel, task: PreparedTask, indices: list[int], metric: str, pad_id: int,

@@ -339,16 +339,21 @@ def meta_steps(mc: MetaConfig, processes: int) -> int:
 def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaConfig, seed: int,
                     metrics_path: Path | None = None, quiet: bool = False, mixed_precision: str = "no",
                     checkpoints: Path | None = None, resume: bool = False, log_with: str | list[str] = "none",
-                    on_nonfinite_loss: str = "stop", callbacks: list[Callback] | None = None) -> MetaResult:
+                    on_nonfinite_loss: str = "stop", callbacks: list[Callback] | None = None,
+                    accelerator: Any = None) -> MetaResult:
     """Learn ``model.adapters['meta']`` in place, on the training engine. With ``checkpoints``,
-    a resumable checkpoint every ``meta.checkpoint_every`` steps; ``resume`` continues from it."""
+    a resumable checkpoint every ``meta.checkpoint_every`` steps; ``resume`` continues from it.
+    ``accelerator``: one made by ``make_accelerator`` for this precision, ``meta_batch`` and
+    ``log_with`` (meta_train makes it first, as a multi-process launch needs); else one is made."""
     started = time.perf_counter()
     trackers = resolve_trackers(log_with)
-    project = (metrics_path.parent if metrics_path else Path(".")) / "logs"
-    accelerator, note = make_accelerator(mixed_precision, mc.meta_batch, project, trackers)
+    owned = accelerator is None
+    if owned:
+        project = (metrics_path.parent if metrics_path else Path(".")) / "logs"
+        accelerator, note = make_accelerator(mixed_precision, mc.meta_batch, project, trackers)
+        if note and not quiet and accelerator.is_main_process:
+            print(note)
     main, world = accelerator.is_main_process, accelerator.num_processes
-    if note and not quiet and main:
-        print(note)
     model.to(accelerator.device)
     sources, weights = episode_sources(tasks, model.tokenizer, mc, seed)
     steps = meta_steps(mc, world)
@@ -376,7 +381,7 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
                     NonFiniteGuard(on_nonfinite_loss, log, lambda: _checkpoint_note(checkpoints), "meta.outer_lr"),
                     installed + list(callbacks or []), steps, state=state)
     engine.fit()
-    if trackers:
+    if trackers and owned:  # ends the process group too: last thing (meta_train ends its own)
         accelerator.end_training()
     return MetaResult(metrics_path.parent if metrics_path else Path("."), steps * mc.meta_batch * world,
                       time.perf_counter() - started, logger.history)
@@ -397,12 +402,18 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
+    mc, tc = config.meta, config.training
+    # First: a multi-process launch forms its process group when the accelerator is made.
+    accelerator, note = make_accelerator(tc.mixed_precision, mc.meta_batch, run.path / "logs",
+                                         resolve_trackers(tc.log_with))
+    quiet = quiet or not accelerator.is_main_process
     say = (lambda *a: None) if quiet else print
-    set_seed(config.training.seed)
+    if note:
+        say(note)
+    set_seed(tc.seed)
     if resume and find_checkpoint(run.last_dir) is None:
         raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
-    model, tasks, specs = _prepare_meta_run(config, run, overwrite, resume, quiet, say)
-    mc = config.meta
+    model, tasks, specs = _prepare_meta_run(config, run, accelerator, overwrite, resume, quiet, say)
     adapter = sum(p.numel() for p in model.adapters[META_GROUP].parameters())
     encoder_size = sum(p.numel() for p in model.encoder.parameters())
     say(f"meta-training a {model.adapter_setup.type} adapter initialisation ({adapter:,} parameters, "
@@ -411,32 +422,29 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
         f"on {', '.join(t.name for t in tasks)}"
         + (f" ({100 * mc.masked_words:.0f}% masked-word episodes: {', '.join(mc.masked_word_levels)})"
            if mc.masked_words else ""))
-    tc = config.training
     result = meta_train_loop(model, tasks, mc, tc.seed, run.metrics_path, quiet, tc.mixed_precision, run.last_dir,
-                             resume, tc.log_with, tc.on_nonfinite_loss)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+                             resume, tc.log_with, tc.on_nonfinite_loss, accelerator=accelerator)
+    if accelerator.is_main_process:
         model.save_pretrained(run.model_dir)
-    PartialState().wait_for_everyone()
+    accelerator.wait_for_everyone()
     if result.history:
         first, last = result.history[0], result.history[-1]
         say(f"query accuracy after adaptation: {100 * first['query_acc_after']:.1f}% (first {mc.log_every} steps) "
             f"-> {100 * last['query_acc_after']:.1f}% (last); before adaptation "
             f"{100 * first['query_acc_before']:.1f}% -> {100 * last['query_acc_before']:.1f}%")
     result.run_dir, result.seconds = run.path, time.perf_counter() - started
-    if PartialState().is_main_process:
+    if accelerator.is_main_process:
         run.mark_finished(result.seconds)
     say(f"saved the initialisation to {run.model_dir} (adapter group '{META_GROUP}'); "
         f"few-shot: nlp-mtl adapt {run.path} --task TASK.yaml --shots 16")
+    if resolve_trackers(tc.log_with):
+        accelerator.end_training()
     return result
 
 
-def _prepare_meta_run(config: ExperimentConfig, run: Any, overwrite: bool, resume: bool, quiet: bool,
-                      say: Any) -> tuple[MultiTaskModel, list[PreparedTask], list[Any]]:
+def _prepare_meta_run(config: ExperimentConfig, run: Any, accelerator: Any, overwrite: bool, resume: bool,
+                      quiet: bool, say: Any) -> tuple[MultiTaskModel, list[PreparedTask], list[Any]]:
     """Everything checked before anything is written; then the data, tokenised, and the model."""
-    from accelerate import PartialState
-
     from ..backbone import load_backbone, resolve_backbone
     from ..config import data_root, load_tasks
     from ..data.pipeline import encode_all, load_all
@@ -457,10 +465,10 @@ def _prepare_meta_run(config: ExperimentConfig, run: Any, overwrite: bool, resum
         resolve_backbone(config.backbone.name)
         encoder, tokenizer = load_backbone(config.backbone)
     model = build_meta_model(config, encoder, tokenizer)
-    main = PartialState().is_main_process
+    main = accelerator.is_main_process
     if main and not resume:
         run.prepare_new()
-    PartialState().wait_for_everyone()
+    accelerator.wait_for_everyone()
     tasks = encode_all(datas, model.tokenizer, splits=("train",), quiet=quiet or not main)
     if main and not resume:
         run.write_experiment(config, specs)

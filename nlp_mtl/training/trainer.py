@@ -9,9 +9,11 @@ A resumable checkpoint is written periodically; ``resume=True`` continues from i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +160,13 @@ class TaskBatches:
 class TaskLoss:
     """A batch of one task through the shared encoder and that task's head."""
 
-    def __init__(self, model: Any, weights: dict[str, float], device: torch.device) -> None:
-        self.model, self.weights, self.device = model, weights, device
+    def __init__(self, model: Any, weights: dict[str, float], device: torch.device,
+                 autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
+        # autocast: for a model accelerate did not wrap (adapt), its precision context.
+        self.model, self.weights, self.device, self.autocast = model, weights, device, autocast
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
-        with attention_for_varying_shapes(self.device):
+        with attention_for_varying_shapes(self.device), self.autocast():
             return self.model(batch.task, **batch.inputs)["loss"], self.weights[batch.task]
 
 
@@ -290,9 +294,14 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     installed = standard_callbacks(config, run, accelerator, tasks, steps, log, bool(trackers), quiet, say, pad_id)
     engine = Engine(accelerator, model, optimizer, scheduler, source,
                     TaskLoss(model, {t.name: t.spec.loss_weight for t in tasks}, accelerator.device),
-                    NonFiniteGuard(tc.on_nonfinite_loss, log, lambda: checkpoint_note(run), "training.lr"), installed + list(callbacks or []),
-                    steps, tc.max_grad_norm, state)
-    state = engine.fit()
+                    NonFiniteGuard(tc.on_nonfinite_loss, log, lambda: checkpoint_note(run), "training.lr"),
+                    installed + list(callbacks or []), steps, tc.max_grad_norm, state)
+    try:
+        engine.fit()
+    except BaseException:
+        if trackers:  # what was logged before the failure reaches the tracker's files
+            accelerator.end_training()
+        raise
     return finish_run(config, run, accelerator, engine, tasks, log, bool(trackers), say, quiet, pad_id, started)
 
 
