@@ -381,7 +381,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                                on_seed=show)
     print(summary.headline())
     output = Path(args.output) if args.output else \
-        run.path / "adapt" / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"
+        run.adapt_dir / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"
     write_summary(summary, output)
     print(f"summary written to {output}")
     if args.save:

@@ -17,8 +17,6 @@ import copy
 import dataclasses
 import importlib.util
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,11 @@ from typing import Any
 import torch
 
 from .errors import UserError, did_you_mean
-from .fileio import writing
+from .fileio import atomic_directory, writing
 from .model import MultiTaskModel
 from .model.heads import SequenceClassificationHead, TokenClassificationHead
-from .model.multitask import replace_dir
 from .registry import TASK_TYPES
+from .run_dir import RunDir, check_target
 
 CUSTOM_MODULE = "modeling_nlp_mtl"
 CUSTOM_CLASS = "NlpMtlForSequenceClassification"
@@ -73,7 +71,6 @@ class ExportResult:
 
 def export_task(source: str | Path, task: str, out: str | Path, overwrite: bool = False) -> ExportResult:
     """Write task ``task`` of the model (or run directory) ``source`` to ``out``."""
-    from .run_dir import check_target
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -121,9 +118,7 @@ def is_export(directory: Path) -> bool:
 
 def _write_export(model: MultiTaskModel, reference: MultiTaskModel, source: str | Path, task: str, info: Any,
                   head: Any, config: Any, out: Path) -> ExportResult:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         exported = TASK_TYPES.get(info.task_type).export(model, head, config, tmp)
         hf_model, pipeline_task, remote = exported.model, exported.pipeline_task, exported.remote_code
         hf_model.save_pretrained(tmp, safe_serialization=True)
@@ -134,9 +129,6 @@ def _write_export(model: MultiTaskModel, reference: MultiTaskModel, source: str 
         diff = _check_equal(reference, task, tmp, pipeline_task, remote)
         result = ExportResult(out, type(hf_model).__name__, pipeline_task, remote, diff, exported.pipeline_kwargs)
         (tmp / "README.md").write_text(_model_card(source, task, info.labels, result))
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -255,9 +247,8 @@ def _model_card(source: str | Path, task: str, labels: list[str], result: Export
         f"Labels: {', '.join(labels)}",
         "",
     ]
-    reports = Path(source) / "reports"
     for split in ("test", "validation"):
-        path = reports / f"{task}.{split}.txt"
+        path = RunDir(source).report_path(task, split, "txt")
         if path.is_file():
             lines += [f"## Classification report ({split})", "", "```", path.read_text().rstrip(), "```", ""]
     if result.remote_code:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,3 +142,39 @@ def one_at_a_time(lock_path: Path) -> Iterator[None]:
             except OSError:
                 pass
         yield
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out only once ``src`` is complete.
+
+    Leftovers of earlier kills (half-written temp folders, folders set aside) are removed once
+    the new folder is in place.
+    """
+    publish_mode(src)
+    aside = None
+    if dst.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, aside / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if aside is not None:  # put the old folder back: a failed replace changes nothing
+            os.replace(aside / dst.name, dst)
+        raise
+    for leftover in list(dst.parent.glob(f".{dst.name}.old-*")) + list(dst.parent.glob(f".{dst.name}.tmp-*")):
+        if leftover != src:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(directory: Path) -> Iterator[Path]:
+    """Write a folder so that no reader ever sees half of it: yields a temporary folder beside
+    ``directory``; when the block ends without error it replaces ``directory`` in one rename
+    (an old one is set aside until then); on error it is removed and ``directory`` is as it was."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

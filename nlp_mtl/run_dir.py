@@ -219,6 +219,23 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     experiment_path = property(lambda self: self.path / "experiment.json")
     finished_path = property(lambda self: self.path / "FINISHED")
+    reports_dir = property(lambda self: self.path / "reports")
+    plots_dir = property(lambda self: self.path / "plots")
+    logs_dir = property(lambda self: self.path / "logs")
+    report_page = property(lambda self: self.path / "report.html")
+    adapt_dir = property(lambda self: self.path / "adapt")
+
+    def report_path(self, task: str, split: str, suffix: str) -> Path:
+        """reports/<task>.<split>.<suffix> (txt or json)."""
+        return self.reports_dir / f"{task}.{split}.{suffix}"
+
+    def summary_path(self, split: str, suffix: str) -> Path:
+        return self.reports_dir / f"summary.{split}.{suffix}"
+
+    @staticmethod
+    def holds_model(path: Path) -> bool:
+        """A run directory (its model/) or a saved model directory."""
+        return (path / MODEL_MANIFEST).is_file() or (path / "model" / MODEL_MANIFEST).is_file()
 
     @classmethod
     def for_config(cls, config: ExperimentConfig, output_dir: str | Path | None = None) -> RunDir:

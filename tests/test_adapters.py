@@ -234,7 +234,7 @@ def test_published_files_and_folders_get_normal_permissions(tmp_path):
     import stat
 
     from nlp_mtl.fileio import atomic_write, current_umask
-    from nlp_mtl.model.multitask import replace_dir
+    from nlp_mtl.fileio import replace_dir
 
     atomic_write(tmp_path / "f.json", "{}")
     src = tmp_path / "src"

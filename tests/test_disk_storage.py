@@ -114,21 +114,20 @@ def test_pairs_in_a_later_chunk_are_encoded_as_in_memory(tmp_path, tokenizer, li
 
 
 @pytest.mark.parametrize("stream_train", [False, True])
-def test_a_pair_late_in_the_train_split_makes_a_pair_head(tmp_path, stream_train):
-    # Encoding makes every row a pair once any row has a second segment; the head's flag (which
-    # routes pair input in predict) must say the same however late the first pair comes, read
-    # into memory or streamed from the file.
-    from types import SimpleNamespace
-
+def test_a_pair_late_in_the_train_split_makes_a_pair_head(tmp_path, tokenizer, stream_train):
+    # Encoding makes every row a pair once any row has a second segment, and records it; the
+    # head's flag (which routes pair input in predict) is read from the encoding, so it says the
+    # same however late the first pair comes, read into memory or streamed from the file.
+    from nlp_mtl.data.pipeline import encode_all
     from nlp_mtl.training.trainer import head_infos
 
     spec = _jsonl_task(tmp_path, "nli", [{"text": f"claim {i}", "label": "no" if i % 2 else "yes",
                                           **({"text_pair": "evidence"} if i == 250 else {})} for i in range(300)])
-    data = load_task_data(spec, tmp_path, stream_train=stream_train,
-                          cache_dir=tmp_path / "cache" if stream_train else None)
-    task = SimpleNamespace(name="nli", spec=spec, task_type=TASK_TYPES.get(spec.type), labels=data.labels,
-                           metric="macro_f1", data=data)
-    assert head_infos([task])[0].pair
+    cache = tmp_path / "cache" if stream_train else None
+    data = load_task_data(spec, tmp_path, stream_train=stream_train, cache_dir=cache)
+    (task,) = encode_all([data], tokenizer, quiet=True, cache_dir=cache)
+    assert task.encoded["train"].pairs and head_infos([task])[0].pair
+
 
 def test_a_split_finished_by_another_process_is_taken_and_a_short_read_is_refused(data_dir, tokenizer, tmp_path):
     spec = _spec(data_dir, "toy_ner")

@@ -34,7 +34,8 @@ from ..fileio import fcntl, one_at_a_time, publish_mode
 from .encoding import EncodedSplit, Ragged
 from .loading import StreamedRows, has_text_pairs, key_digest
 
-FORMAT_VERSION = 1
+# 2: the manifest records whether the split was encoded as sentence pairs.
+FORMAT_VERSION = 2
 MANIFEST = "split.json"
 CHUNK_ROWS = 20_000
 FIELDS = ("input_ids", "labels", "token_type_ids", "word_index")
@@ -160,7 +161,9 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
     try:
         claim = _claim(tmp)
         examples = truncated = 0
+        pairs = False
         for chunk in encoded_chunks:
+            pairs = pairs or chunk.pairs
             present = {name: getattr(chunk, name) for name in FIELDS if getattr(chunk, name) is not None}
             if examples and set(present) != set(writers):
                 raise RuntimeError(f"chunks disagree in fields: {sorted(present)} after {sorted(writers)}")
@@ -175,7 +178,7 @@ def write_split(encoded_chunks: Iterable[EncodedSplit], directory: Path, fingerp
             raise DataError(f"{source}: {examples} examples read now, {expected} when the file was checked; "
                             "it changed while this run was reading it. Run again.")
         manifest = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "examples": examples,
-                    "truncated": truncated, "fields": fields}
+                    "truncated": truncated, "pairs": pairs, "fields": fields}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         publish_mode(tmp)  # mkdtemp made it private; a shared cache must be readable like any folder
         if claim is not None:
@@ -211,7 +214,7 @@ def open_split(directory: Path) -> EncodedSplit:
         fields[name] = Ragged(flat, np.load(path.with_suffix(".offsets.npy"), mmap_mode="r")) if info["ragged"] else flat
     return EncodedSplit(input_ids=fields["input_ids"], labels=fields["labels"],
                         token_type_ids=fields.get("token_type_ids"), word_index=fields.get("word_index"),
-                        truncated=int(manifest["truncated"]))
+                        truncated=int(manifest["truncated"]), pairs=bool(manifest.get("pairs", False)))
 
 
 def encode_to_disk(task_type: Any, rows: StreamedRows, tokenizer: Any, labels: list[str], max_length: int,

@@ -8,7 +8,7 @@ over tokens when batching, and memory is a few bytes per token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -59,7 +59,9 @@ class EncodedSplit:
     # Token tasks: the word index of each scored position, to map predictions back to words.
     word_index: Ragged | None = None
     truncated: int = 0
-    extra: dict = field(default_factory=dict)
+    # Encoded as sentence pairs: decided once, here, from the rows (a head, predict and the
+    # export read it from the encoding instead of asking the rows again).
+    pairs: bool = False
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -75,7 +77,7 @@ class EncodedSplit:
             return x if x is None else x.take(indices) if isinstance(x, Ragged) else np.asarray(x)[list(indices)]
 
         return EncodedSplit(part(self.input_ids), part(self.labels), part(self.token_type_ids), part(self.word_index),
-                            truncated=0, extra=dict(self.extra))
+                            truncated=0, pairs=self.pairs)
 
 
 def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..fileio import atomic_write
 from ..task_types import TaskReport
+from ..run_dir import RunDir
 
 SUMMARY_COLUMNS = ("f1", "precision", "recall", "accuracy", "macro_f1", "weighted_f1")
 
@@ -36,7 +37,7 @@ def format_summary(reports: dict[str, TaskReport], main_metrics: dict[str, str])
 def write_reports(run_dir: str | Path, reports: dict[str, TaskReport], split: str,
                   main_metrics: dict[str, str], extra: dict[str, Any] | None = None) -> str:
     """reports/<task>.<split>.txt and .json per task, summary.<split>.txt/.json; returns the summary."""
-    out = Path(run_dir) / "reports"
+    out = RunDir(run_dir).reports_dir
     for name, report in reports.items():
         atomic_write(out / f"{name}.{split}.txt", format_report(report))
         payload = {**report.to_json(), "main_metric": main_metrics.get(name)}

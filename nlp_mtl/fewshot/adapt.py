@@ -46,7 +46,6 @@ from tqdm.auto import tqdm
 
 from ..config import TaskSpec
 from ..data.encoding import collate
-from ..data.loading import has_text_pairs
 from ..data.pipeline import PreparedTask
 from ..errors import UserError
 from ..evaluation import evaluate_tasks
@@ -349,7 +348,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()} if init == "full" else None
     info = TaskHeadInfo(name=task.name, task_type=task.spec.type, head=task.spec.head.get("type", task.task_type.head),
                         labels=task.labels, head_options=dict(task.spec.head), max_length=task.spec.max_length,
-                        metric=task.metric, pair=has_text_pairs(task.data.splits["train"]))
+                        metric=task.metric, pair=task.encoded["train"].pairs)
     index = class_index(task)  # one pass over the train split, shared by every seed
     short = [(c, int(n)) for c, n in zip(index.classes, index.counts()) if n < settings.shots]
     if short:  # K shots of a class with fewer examples would quietly be fewer than K

@@ -43,11 +43,17 @@ from ..training.tracking import resolve_trackers
 from .episodes import ClassIndex, Episode, EpisodeBatches, EpisodeSampler
 from .masked_words import MaskedWordCorpus, MaskedWordEpisodes
 from .prototypes import labelled_features, prototype_weights
+from ..run_dir import RunDir
 
 META_GROUP = "meta"
 
 
 def class_index(task: PreparedTask) -> ClassIndex:
+    """Which examples hold each class: what K-shot support sets and episodes are drawn from."""
+    if task.task_type.roles.label_set:
+        # "K examples per class" has no one meaning when an example holds several classes.
+        raise UserError(f"{task.spec.source}: few-shot episodes and support sets need one label per text or per "
+                        f"word; '{task.spec.type}' tasks cannot be used with meta-train or adapt.")
     return ClassIndex.build(task.labels, task.encoded["train"], task.task_type.roles.token_level,
                             task.spec.data.tag_scheme == "none")
 
@@ -197,8 +203,7 @@ def build_meta_model(config: ExperimentConfig, encoder: Any, tokenizer: Any) -> 
     """The encoder (frozen) with one adapter group, ``meta``: fresh, or copied from ``meta.init_from``."""
     mc = config.meta
     if mc.init_from:
-        if not (Path(mc.init_from) / "model" / "multitask.json").is_file() and \
-                not (Path(mc.init_from) / "multitask.json").is_file():
+        if not RunDir.holds_model(Path(mc.init_from)):
             raise ConfigError(f"meta.init_from: {mc.init_from} is not a run or model directory (relative paths start "
                               "at the working directory); train the run to start from first.")
         source = MultiTaskModel.from_pretrained(mc.init_from)
@@ -349,7 +354,7 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     trackers = resolve_trackers(log_with)
     owned = accelerator is None
     if owned:
-        project = (metrics_path.parent if metrics_path else Path(".")) / "logs"
+        project = RunDir(metrics_path.parent).logs_dir if metrics_path else Path(os.devnull)
         accelerator, note = make_accelerator(mixed_precision, mc.meta_batch, project, trackers)
         if note and not quiet and accelerator.is_main_process:
             print(note)
@@ -390,8 +395,6 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
 def _checkpoint_note(checkpoints: Path | None) -> str:
     if checkpoints is None:
         return "nothing was checkpointed"
-    from ..run_dir import RunDir
-
     return checkpoint_note(RunDir(checkpoints.parent.parent), "meta-train")
 
 
@@ -404,7 +407,7 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     started = time.perf_counter()
     mc, tc = config.meta, config.training
     # First: a multi-process launch forms its process group when the accelerator is made.
-    accelerator, note = make_accelerator(tc.mixed_precision, mc.meta_batch, run.path / "logs",
+    accelerator, note = make_accelerator(tc.mixed_precision, mc.meta_batch, run.logs_dir,
                                          resolve_trackers(tc.log_with))
     quiet = quiet or not accelerator.is_main_process
     say = (lambda *a: None) if quiet else print

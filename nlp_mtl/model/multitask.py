@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
+from ..fileio import atomic_directory
 from ..registry import HEADS
 from ..schema import to_mapping
 from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets
@@ -220,10 +218,7 @@ class MultiTaskModel(nn.Module):
         """Write the model to ``directory`` atomically: a temp dir renamed into place."""
         from ..backbone import weight_digests
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(Path(directory)) as tmp:
             self.encoder.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
@@ -238,9 +233,6 @@ class MultiTaskModel(nn.Module):
                 manifest["adapters"] = self.adapter_setup.to_json()
             manifest["files"] = weight_digests(tmp)  # checked on load: a truncated or corrupt file is named
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
@@ -287,25 +279,3 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
         raise UserError(f"{path}: {what} weights do not fit this model ({first}).") from None
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out only once ``src`` is complete.
-
-    Leftovers of earlier kills (half-written temp folders, folders set aside) are removed once
-    the new folder is in place.
-    """
-    from ..fileio import publish_mode
-
-    publish_mode(src)
-    aside = None
-    if dst.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, aside / dst.name)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        if aside is not None:  # put the old folder back: a failed replace changes nothing
-            os.replace(aside / dst.name, dst)
-        raise
-    for leftover in list(dst.parent.glob(f".{dst.name}.old-*")) + list(dst.parent.glob(f".{dst.name}.tmp-*")):
-        if leftover != src:
-            shutil.rmtree(leftover, ignore_errors=True)

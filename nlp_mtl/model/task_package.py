@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from .multitask import AdapterSetup, MultiTaskModel, TaskHeadInfo, replace_dir
+from ..fileio import atomic_directory
+from .multitask import AdapterSetup, MultiTaskModel, TaskHeadInfo
 
 PACKAGE_FORMAT = "nlp-mtl-task"
 PACKAGE_VERSION = 1
@@ -54,9 +53,7 @@ def save_task_package(model: MultiTaskModel, task: str, directory: str | Path, o
         if not (directory / "task.json").is_file():
             # --overwrite replaces a task package, never some other folder (a run, a model, a home).
             raise UserError(f"{directory}: is not a task package (no task.json); refusing to replace it.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         tensors = {f"adapter.{k}": v for k, v in model.adapters[info.adapter].state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in model.heads[task].state_dict().items()})
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "weights.safetensors")
@@ -68,9 +65,6 @@ def save_task_package(model: MultiTaskModel, task: str, directory: str | Path, o
                         "name_or_path": getattr(model.encoder.config, "_name_or_path", "")},
         }
         (tmp / "task.json").write_text(json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

@@ -18,6 +18,7 @@ from ..fileio import atomic_write
 from ..registry import TASK_TYPES
 from .plots import DPI, TRAINING_LOSS, VALIDATION, confusion_name, entity_f1_name, write_run_plots
 from .run_data import SPLITS, RunData, TaskInfo, load_run, main_metric
+from ..run_dir import RunDir
 
 # CSS pixels per inch; images are shown at their physical size so plot text matches the page.
 CSS_DPI = 96
@@ -246,6 +247,6 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the plots, then RUN_DIR/report.html (or OUTPUT); returns the page's path."""
     run = load_run(run_dir)
     plots = write_run_plots(run)
-    path = Path(output) if output is not None else run.path / "report.html"
+    path = Path(output) if output is not None else RunDir(run.path).report_page
     atomic_write(path, render(run, plots))
     return path

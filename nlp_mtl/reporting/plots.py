@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from ..fileio import atomic_write
 from ..registry import TASK_TYPES
 from .run_data import RunData, TaskInfo, load_run, main_metric
+from ..run_dir import RunDir
 
 DPI = 150
 # Wide enough to read, narrow enough that the page shows two side by side.
@@ -269,7 +270,7 @@ def write_plots(run_dir: str | Path) -> list[Path]:
 
 def write_run_plots(run: RunData) -> list[Path]:
     """write_plots for an already loaded run."""
-    out = run.path / "plots"
+    out = RunDir(run.path).plots_dir
     written = [plot_training_loss(run, out / TRAINING_LOSS), plot_validation(run, out / VALIDATION)]
     for task in run.tasks:
         written += _task_plots(run, task, out)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..run_dir import MODEL_MANIFEST, RunDir
 
 SPLITS = ("validation", "test")
 
@@ -54,7 +55,7 @@ def _read_json(path: Path) -> Any:
 def _read_experiment(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory.")
-    experiment_path = path / "experiment.json"
+    experiment_path = RunDir(path).experiment_path
     if not experiment_path.is_file():
         raise UserError(f"{path}: not a run directory (no experiment.json).")
     experiment = _read_json(experiment_path)
@@ -91,7 +92,7 @@ def _by_step(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def _tasks(path: Path, experiment: dict[str, Any]) -> list[TaskInfo]:
     # The saved model knows labels and the resolved main metric; before it exists (mid-training)
     # the experiment's specs are all there is.
-    saved = _read_json(path / "model" / "multitask.json")
+    saved = _read_json(RunDir(path).model_dir / MODEL_MANIFEST)
     if isinstance(saved, dict) and isinstance(saved.get("tasks"), list):
         return [TaskInfo(t["name"], t.get("task_type", ""), t.get("metric"), list(t.get("labels") or []))
                 for t in saved["tasks"] if isinstance(t, dict) and "name" in t]
@@ -102,26 +103,27 @@ def _tasks(path: Path, experiment: dict[str, Any]) -> list[TaskInfo]:
 def load_run(run_dir: str | Path) -> RunData:
     """Everything the report needs from RUN_DIR; UserError when it is not a run directory."""
     path = Path(run_dir)
+    run = RunDir(path)
     experiment = _read_experiment(path)
     tasks = _tasks(path, experiment)
-    events = _read_events(path / "metrics.jsonl")
+    events = _read_events(run.metrics_path)
     ends = [e for e in events if e.get("event") == "end"]
     reports: dict[tuple[str, str], dict[str, Any]] = {}
     texts: dict[tuple[str, str], str] = {}
     summaries: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
-        summary = _read_json(path / "reports" / f"summary.{split}.json")
+        summary = _read_json(run.summary_path(split, "json"))
         if isinstance(summary, dict) and isinstance(summary.get("tasks"), dict):
             summaries[split] = summary
         for task in tasks:
-            report = _read_json(path / "reports" / f"{task.name}.{split}.json")
+            report = _read_json(run.report_path(task.name, split, "json"))
             if isinstance(report, dict):
                 reports[(task.name, split)] = report
-            text_path = path / "reports" / f"{task.name}.{split}.txt"
+            text_path = run.report_path(task.name, split, "txt")
             if text_path.is_file():
                 texts[(task.name, split)] = text_path.read_text(encoding="utf-8", errors="replace")
-    finished = _read_json(path / "FINISHED") if (path / "FINISHED").exists() else None
-    if (path / "FINISHED").exists() and not isinstance(finished, dict):
+    finished = _read_json(run.finished_path) if run.finished_path.exists() else None
+    if run.finished_path.exists() and not isinstance(finished, dict):
         finished = {}  # finished, duration unknown
     return RunData(
         path=path,

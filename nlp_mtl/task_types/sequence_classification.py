@@ -36,6 +36,7 @@ def encode_texts(rows: list[Row], tokenizer: Any, max_length: int, labels: np.nd
         # Only encoders with segment embeddings use them, and only pairs have a segment 1.
         token_type_ids=Ragged.from_lists(types) if pairs and "token_type_ids" in tokenizer.model_input_names else None,
         truncated=truncated,
+        pairs=pairs,
     )
 
 

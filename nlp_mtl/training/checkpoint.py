@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..fileio import writing
-from ..model.multitask import replace_dir
+from ..fileio import atomic_directory, writing
 from .engine import EngineState
 
 STATE_FILE = "trainer_state.json"
@@ -64,21 +61,15 @@ def save_checkpoint(directory: Path, model: Any, optimizer: torch.optim.Optimize
                     rng_states: dict[str, torch.Tensor]) -> None:
     """A failed write (a full disk) leaves the previous checkpoint in place and raises a
     FileSystemError naming ``directory``."""
-    with writing(directory):
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            model.save_pretrained(tmp / "model")
-            tensors, meta = _optimizer_tensors(optimizer)
-            save_file(tensors, tmp / "optimizer.safetensors")
-            save_file(rng_states, tmp / "rng.safetensors")
-            scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-            payload = {"trainer": dataclasses.asdict(state), "optimizer": meta, "scheduler": scheduler_state,
-                       "format_version": FORMAT_VERSION}
-            (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
-            replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with writing(directory), atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp / "model")
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        save_file(rng_states, tmp / "rng.safetensors")
+        scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        payload = {"trainer": dataclasses.asdict(state), "optimizer": meta, "scheduler": scheduler_state,
+                   "format_version": FORMAT_VERSION}
+        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
 
 
 def find_checkpoint(directory: Path) -> Path | None:

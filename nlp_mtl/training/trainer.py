@@ -23,7 +23,6 @@ import torch
 from ..backbone import load_backbone, resolve_backbone
 from ..config import AdapterConfig, ExperimentConfig, TaskSpec, cache_dir, data_root, load_tasks
 from ..data.encoding import collate
-from ..data.loading import has_text_pairs
 from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
@@ -61,7 +60,7 @@ def head_infos(tasks: list[PreparedTask], adapters: AdapterConfig | None = None)
             head_options=dict(t.spec.head),
             max_length=t.spec.max_length,
             metric=t.metric,
-            pair=has_text_pairs(t.data.splits["train"]),
+            pair=t.encoded["train"].pairs,
             adapter=adapters.group_of(t.name) if adapters else None,
         )
         for t in tasks
@@ -246,7 +245,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     tc = config.training
     trackers = resolve_trackers(tc.log_with)
     accelerator, precision_note = make_accelerator(tc.mixed_precision, tc.gradient_accumulation_steps,
-                                                   run.path / "logs", trackers)
+                                                   run.logs_dir, trackers)
     main = accelerator.is_main_process
     quiet = quiet or not main
     say = (lambda *a: None) if quiet else accelerator.print
@@ -347,4 +346,4 @@ def _write_plots(run: RunDir) -> None:
         write_plots(run.path)
     except Exception as err:  # noqa: BLE001  (any plotting problem, matplotlib's included)
         logging.getLogger(__name__).warning("could not write plots into %s: %s (nlp-mtl report %s retries)",
-                                            run.path / "plots", err, run.path)
+                                            run.plots_dir, err, run.path)
