@@ -178,3 +178,13 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
         replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_format_version(found: object, supported: int, path: Path) -> None:
+    """Files this version of nlp-mtl writes carry ``supported``; older ones still load, newer
+    ones (from a later nlp-mtl, which may have changed what they mean) are refused."""
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise UserError(f"{path}: format_version {found!r} is not one nlp-mtl writes.")
+    if found > supported:
+        raise UserError(f"{path}: written by a newer nlp-mtl (format {found}; this one reads up to {supported}); "
+                        "upgrade nlp-mtl to load it.")

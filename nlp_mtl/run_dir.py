@@ -283,14 +283,21 @@ class RunDir:
     def read_experiment(self) -> tuple[ExperimentConfig, list[TaskSpec], Path]:
         if not self.experiment_path.is_file():
             raise UserError(f"{self.path}: not a run directory (no experiment.json).")
-        payload: dict[str, Any] = json.loads(self.experiment_path.read_text())
-        config = replace(from_mapping(ExperimentConfig, payload["config"], str(self.experiment_path)),
-                         source=payload.get("config_source", ""))
-        specs = []
-        for raw in payload["tasks"]:
-            source = raw.pop("source", "")
-            specs.append(replace(from_mapping(TaskSpec, raw, str(self.experiment_path)), source=source))
-        return config, specs, Path(payload["data_root"])
+        where = str(self.experiment_path)
+        try:
+            payload: dict[str, Any] = json.loads(self.experiment_path.read_text())
+            config = replace(from_mapping(ExperimentConfig, payload["config"], where),
+                             source=payload.get("config_source", ""))
+            specs = []
+            for raw in payload["tasks"]:
+                source = raw.pop("source", "")
+                specs.append(replace(from_mapping(TaskSpec, raw, where), source=source))
+            return config, specs, Path(payload["data_root"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            # A truncated or hand-edited record: the run's inputs cannot be told, so nothing runs.
+            detail = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise UserError(f"{where}: unreadable run record ({detail}); it is written by nlp-mtl train, "
+                            "so restore it or train the run again.") from None
 
     def mark_finished(self, seconds: float) -> None:
         atomic_write(self.finished_path, json.dumps({"seconds": round(seconds, 1)}) + "\n")

@@ -8,7 +8,8 @@ nothing new written.
 Every case also finds a finished tiny run at ``run/`` beside its files (commands may name it),
 and that run must come out byte for byte as it went in, whatever the command. ``setup`` in
 case.json damages the copy first where a case needs it: ``{"delete": PATH}``, ``{"truncate":
-PATH}`` (to half), ``{"flip": PATH}`` (one byte near the end), ``{"write": [PATH, TEXT]}``.
+PATH}`` (to half), ``{"flip": PATH}`` (one byte near the end), ``{"write": [PATH, TEXT]}``, ``{"bump_format_version":
+PATH}`` (a JSON record from a later nlp-mtl).
 """
 
 import json
@@ -57,6 +58,10 @@ def _setup(work: Path, steps: list[dict]) -> None:
             (work / arg).write_bytes(bytes(data))
         elif op == "write":
             (work / arg[0]).write_text(arg[1])
+        elif op == "bump_format_version":
+            record = json.loads((work / arg).read_text())
+            record["format_version"] += 1
+            (work / arg).write_text(json.dumps(record))
         else:
             raise ValueError(f"unknown setup step {step}")
 

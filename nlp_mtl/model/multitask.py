@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
-from ..fileio import atomic_directory
+from ..fileio import atomic_directory, check_format_version
 from ..registry import HEADS
 from ..schema import to_mapping
 from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets
@@ -251,6 +251,7 @@ class MultiTaskModel(nn.Module):
             adapters = AdapterSetup(**manifest["adapters"]) if manifest.get("adapters") else None
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{manifest_path}: unreadable model manifest ({err}).") from None
+        check_format_version(manifest.get("format_version"), FORMAT_VERSION, manifest_path)
         if not (directory / "model.safetensors").is_file() and not any(directory.glob("model-*.safetensors")):
             raise UserError(f"{directory}: no model.safetensors; nlp-mtl loads weights from safetensors only.")
         verify_model_folder(directory, manifest, [t.name for t in tasks], adapters.groups if adapters else [])

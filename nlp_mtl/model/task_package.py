@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..fileio import atomic_directory
+from ..fileio import atomic_directory, check_format_version
 from .multitask import AdapterSetup, MultiTaskModel, TaskHeadInfo
 
 PACKAGE_FORMAT = "nlp-mtl-task"
@@ -84,6 +84,7 @@ def load_task_package(model: MultiTaskModel, directory: str | Path) -> str:
                         "'nlp-mtl export RUN_DIR --task T --out DIR --adapter-only'.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"{meta_path}: unreadable task package description ({err}).") from None
+    check_format_version(meta.get("format_version"), PACKAGE_VERSION, meta_path)
     if fingerprint != encoder_fingerprint(model.encoder):
         raise UserError(f"{directory}: this adapter was trained on a different base encoder "
                         f"({meta['encoder'].get('name_or_path') or 'unknown'}); load it onto that encoder.")
