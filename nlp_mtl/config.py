@@ -71,8 +71,9 @@ class CarvedSplit:
 
 @dataclass(frozen=True)
 class DataSpec:
-    # How the files are read; hub loads a Hugging Face dataset instead of files.
-    format: Literal["conll", "jsonl", "csv", "tsv", "regex", "hub"]
+    # The reader (registry: nlp_mtl.data.readers): conll, jsonl, csv, tsv, regex, or hub, which
+    # loads a Hugging Face dataset instead of files.
+    format: str
     # Train file: relative to the data root, then to the spec file's folder.
     train: str | None = None
     # Validation file, or {from_train: 0.1, seed: 42} to carve it out of train.
@@ -113,13 +114,9 @@ class DataSpec:
     splits: dict[str, str] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        if self.format == "hub":
-            if not (self.name or self.path):
-                raise ConfigError(f"{where}: format 'hub' needs 'name' (a Hub dataset) or 'path' (a dataset saved to disk).")
-        elif not self.train:
-            raise ConfigError(f"{where}.train: missing; format '{self.format}' needs a train file.")
-        if self.format == "regex" and not self.pattern:
-            raise ConfigError(f"{where}.pattern: format 'regex' needs a pattern with named groups, e.g. '^(?P<label>\\S+) (?P<text>.*)$'.")
+        from .registry import READERS
+
+        READERS.get(self.format, f"{where}.format").check(self, where)
         if self.label_separator == "":
             raise ConfigError(f"{where}.label_separator: expected a non-empty string such as '|'.")
         for split in self.splits:

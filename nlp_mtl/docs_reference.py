@@ -251,12 +251,13 @@ def config_page() -> str:
 
 
 def task_spec_page() -> str:
-    from .registry import TASK_TYPES
+    from .registry import READERS, TASK_TYPES
 
     sections = [
         Section("Top level", cfg.TaskSpec, "top-level", intro="A task spec is one YAML file per task.",
                 allowed={"type": _names(TASK_TYPES.names())}),
-        Section("`data`", cfg.DataSpec, "data", intro="Where the task's examples are and how to read them."),
+        Section("`data`", cfg.DataSpec, "data", intro="Where the task's examples are and how to read them.",
+                allowed={"format": _names(READERS.names())}),
         Section("`data.validation`", cfg.CarvedSplit, "carved-split",
                 intro="`data.validation` is a file path, or this mapping to carve the validation split out "
                       "of train (the rest stays train)."),

@@ -19,7 +19,7 @@ from ..config import CarvedSplit, LabelsFromSplits, TaskSpec, data_root_help
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, one_at_a_time
 from ..registry import READERS, TASK_TYPES
-from .readers import Roles, Row, read_hub
+from .readers import Roles, Row
 from .tags import check_tag, repair, sequence_problem, to_iob2
 
 SPLITS = ("train", "validation", "test")
@@ -55,17 +55,11 @@ def resolve_data_path(spec: TaskSpec, relative: str, root: Path) -> Path:
 
 
 def _read_split(spec: TaskSpec, roles: Roles, split: str, root: Path) -> tuple[list[Row], str]:
-    if spec.data.format == "hub":
+    reader = READERS.get(spec.data.format, f"{spec.source}: data.format")
+    if not reader.reads_files:
         if isinstance(spec.data.validation, CarvedSplit) and split == "validation":
             return [], ""
-        path = None
-        if spec.data.path:
-            path = Path(spec.data.path).expanduser()
-            if not path.is_absolute():
-                candidates = [root / path] + ([Path(spec.source).parent / path] if spec.source else [])
-                path = next((c for c in candidates if c.exists()), candidates[0])
-        rows = read_hub(spec.data, roles, split, path)
-        return (rows, f"{spec.data.path or spec.data.name}[{split}]") if rows is not None else ([], "")
+        return reader.read_split(spec.data, roles, split, root, Path(spec.source).parent if spec.source else None)
     relative = getattr(spec.data, split)
     if relative is None or isinstance(relative, CarvedSplit):
         return [], ""
@@ -201,9 +195,10 @@ def _stream_train(spec: TaskSpec, roles: Roles, root: Path, limit: int | None,
     """Check a train file in one streamed pass (two with a carved validation split), keeping only
     counts. What the pass found is recorded under ``cache_dir``, so an unchanged file is not read
     again to start the next run."""
-    if spec.data.format == "hub":
-        raise ConfigError(f"{spec.source}: data.storage 'disk' streams data files, and this task reads a Hugging Face "
-                          "dataset (data.format: hub), which is memory-mapped Arrow already; use storage 'memory'.")
+    if not READERS.get(spec.data.format, f"{spec.source}: data.format").reads_files:
+        raise ConfigError(f"{spec.source}: data.storage 'disk' streams data files, and format '{spec.data.format}' "
+                          "reads a dataset, not files (a Hugging Face dataset is memory-mapped Arrow already); "
+                          "use storage 'memory'.")
     if spec.data.train is None:
         raise DataError(f"{spec.source}: data.train: a task needs a train split.")
     stream = StreamedRows(spec, roles, resolve_data_path(spec, spec.data.train, root), limit=limit)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,40 @@ def _finish_row(row: Row, roles: Roles, where: str, spec: DataSpec) -> Row:
     return out
 
 
-@READERS.register("conll")
+class FileReader:
+    """A reader of data files: ``reader(path, data_spec, roles)`` streams a file's rows.
+
+    Every ``data.format`` is a reader in ``READERS``; the loader asks the reader, never the
+    format's name: ``reads_files`` (splits are files named in the spec, which disk storage can
+    stream) or not (then ``read_split`` reads a split itself, as the hub reader does), and
+    ``check`` for what the format needs in the spec."""
+
+    reads_files = True
+
+    def __init__(self, read: Callable[[Path, DataSpec, Roles], Iterator[Row]],
+                 needs: Callable[[DataSpec, str], None] | None = None) -> None:
+        self.read, self.needs = read, needs
+        self.__doc__ = read.__doc__
+
+    def __call__(self, path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
+        return self.read(path, spec, roles)
+
+    def check(self, spec: DataSpec, where: str) -> None:
+        if not spec.train:
+            raise ConfigError(f"{where}.train: missing; format '{spec.format}' needs a train file.")
+        if self.needs is not None:
+            self.needs(spec, where)
+
+
+def file_reader(name: str, needs: Callable[[DataSpec, str], None] | None = None) -> Callable[..., FileReader]:
+    """Register a function ``(path, data_spec, roles) -> rows`` as the reader of format ``name``."""
+    def register(read: Callable[[Path, DataSpec, Roles], Iterator[Row]]) -> FileReader:
+        return READERS.register(name)(FileReader(read, needs))
+
+    return register
+
+
+@file_reader("conll")
 def read_conll(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     if not roles.token_level:
         raise ConfigError("data.format: 'conll' is for token tasks; use csv, tsv, jsonl or regex for sequence tasks.")
@@ -222,7 +255,7 @@ def read_conll(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
         yield {"tokens": tokens, "tags": tags, "line": start}
 
 
-@READERS.register("jsonl")
+@file_reader("jsonl")
 def read_jsonl(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     columns = _columns(spec, roles, {r: r for r in roles.all})
     for number, line in _lines(path, spec):
@@ -330,17 +363,23 @@ def _check_swallowed(path: Path, start: int, end: int, record: list[str], width:
                         f"line{'s' if swallowed > 1 else ''} that look like rows of their own; {QUOTE_HINT}")
 
 
-@READERS.register("csv")
+@file_reader("csv")
 def read_csv(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     return _read_delimited(path, spec, roles, spec.delimiter or ",")
 
 
-@READERS.register("tsv")
+@file_reader("tsv")
 def read_tsv(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     return _read_delimited(path, spec, roles, spec.delimiter or "\t")
 
 
-@READERS.register("regex")
+def _needs_pattern(spec: DataSpec, where: str) -> None:
+    if not spec.pattern:
+        raise ConfigError(f"{where}.pattern: format 'regex' needs a pattern with named groups, e.g. "
+                          "'^(?P<label>\\S+) (?P<text>.*)$'.")
+
+
+@file_reader("regex", needs=_needs_pattern)
 def read_regex(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
     """One example per line, fields taken from the named groups of ``data.pattern``.
 
@@ -362,6 +401,33 @@ def read_regex(path: Path, spec: DataSpec, roles: Roles) -> Iterator[Row]:
             raise DataError(f"{where}: line does not match data.pattern {spec.pattern!r}: {line[:80]!r}.")
         row: Row = {"line": number, **{k: v for k, v in match.groupdict().items() if v is not None}}
         yield _finish_row(row, roles, where, spec)
+
+
+class HubReader:
+    """``data.format: hub``: a Hugging Face dataset (``load_dataset(name, config)``, or
+    ``load_from_disk(path)``), read split by split; it is Arrow on disk already, so it is not
+    streamed from files."""
+
+    reads_files = False
+
+    def check(self, spec: DataSpec, where: str) -> None:
+        if not (spec.name or spec.path):
+            raise ConfigError(f"{where}: format 'hub' needs 'name' (a Hub dataset) or 'path' (a dataset saved to disk).")
+
+    def read_split(self, spec: DataSpec, roles: Roles, split: str, root: Path,
+                   spec_folder: Path | None) -> tuple[list[Row], str]:
+        """(rows, where they came from) of ``split``; none where the dataset lacks it."""
+        path = None
+        if spec.path:
+            path = Path(spec.path).expanduser()
+            if not path.is_absolute():
+                candidates = [root / path] + ([spec_folder / path] if spec_folder else [])
+                path = next((c for c in candidates if c.exists()), candidates[0])
+        rows = read_hub(spec, roles, split, path)
+        return (rows, f"{spec.path or spec.name}[{split}]") if rows is not None else ([], "")
+
+
+READERS.register("hub")(HubReader())
 
 
 def read_hub(spec: DataSpec, roles: Roles, split: str, path: Path | None = None) -> list[Row] | None:
