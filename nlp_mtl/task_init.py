@@ -30,8 +30,32 @@ from .schema import from_mapping
 # Enough to see a file's shape; labels and counts come from reading all of it afterwards.
 SAMPLE_BYTES = 4 << 20
 SAMPLE_ROWS = 2000
-TOKEN = "token_classification"
-SEQUENCE = "sequence_classification"
+# The two shapes of data this drafts specs for, as the roles a task type's rows hold: one tag
+# per word, or one label per text. The spec names the registered type with those roles.
+WORD_ROLES = ("tokens", "tags")
+TEXT_ROLES = ("text", "label")
+
+
+def type_with_roles(required: tuple[str, ...]) -> str:
+    """The registered task type whose rows hold exactly the roles ``required``."""
+    from .registry import TASK_TYPES
+
+    for name in TASK_TYPES.names():
+        if TASK_TYPES.get(name).roles.required == required:
+            return name
+    raise UserError(f"tasks init: no registered task type reads rows with {', '.join(required)}.")
+
+
+def _words_of_type(task_type: str) -> bool:
+    """--type TYPE as a shape: True for one tag per word, False for one label per text."""
+    from .registry import TASK_TYPES
+
+    roles = TASK_TYPES.get(task_type, "--type").roles
+    if roles.required not in (WORD_ROLES, TEXT_ROLES):
+        raise UserError(f"--type {task_type}: tasks init drafts specs with one tag per word "
+                        f"({type_with_roles(WORD_ROLES)}) or one label per text ({type_with_roles(TEXT_ROLES)}); "
+                        "write this one from the task-spec reference.")
+    return roles.required == WORD_ROLES
 
 # Field names that say a role, most telling first.
 NAMES = {
@@ -270,7 +294,7 @@ def _guess_sequence_roles(rows: list[dict[Any, Any]], keys: list[Any], forced: d
     return roles
 
 
-def _roles_for_records(rows: list[dict[Any, Any]], keys: list[Any], task_type: str | None,
+def _roles_for_records(rows: list[dict[Any, Any]], keys: list[Any], words: bool | None,
                        forced: dict[str, Any], path: Path, notes: list[str]) -> tuple[str, dict[str, Any]]:
     for role, key in forced.items():
         if key not in keys:
@@ -278,23 +302,23 @@ def _roles_for_records(rows: list[dict[Any, Any]], keys: list[Any], task_type: s
     pairs = _token_pairs(rows, keys)
     sequence_forced = any(r in forced for r in ("text", "label", "text_pair"))
     token_forced = any(r in forced for r in ("tokens", "tags"))
-    if task_type is None:
+    if words is None:
         if token_forced or (pairs and not sequence_forced):
             scalar_label = _by_name([k for k in keys if all(isinstance(r.get(k), (str, int)) for r in rows)], "label")
             if pairs and scalar_label is not None and scalar_label not in {k for p in pairs for k in p} \
                     and not token_forced:
                 raise _refuse(path, f"could be a token task ({_describe(pairs[0][0])} with one tag per token) or a "
                                     f"sequence task (label {_describe(scalar_label)}); choose with --type "
-                                    f"{TOKEN} or --type {SEQUENCE}.")
-            task_type = TOKEN
+                                    f"{type_with_roles(WORD_ROLES)} or --type {type_with_roles(TEXT_ROLES)}.")
+            words = True
         else:
-            task_type = SEQUENCE
-    if task_type == TOKEN:
+            words = False
+    if words:
         if not pairs and not ("tokens" in forced and "tags" in forced):
             raise _refuse(path, "no two fields with one tag per token in every row (lists, or space-separated "
                                 "strings of equal length); a token task needs tokens and tags.")
-        return task_type, _guess_token_roles(rows, pairs or [(forced["tokens"], forced["tags"])], forced, path, notes)
-    return task_type, _guess_sequence_roles(rows, keys, forced, path, notes)
+        return True, _guess_token_roles(rows, pairs or [(forced["tokens"], forced["tags"])], forced, path, notes)
+    return False, _guess_sequence_roles(rows, keys, forced, path, notes)
 
 
 # ---- tag scheme ---------------------------------------------------------------------------------
@@ -422,6 +446,7 @@ def _parse_columns(pairs: list[str], fmt: str, header: bool) -> dict[str, Any]:
 def draft(path: Path, task_type: str | None = None, columns: list[str] | None = None,
           tag_scheme: str | None = None, name: str | None = None) -> Draft:
     """Guess format, roles and tag scheme from the start of ``path``; splits and labels come later."""
+    words = None if task_type is None else _words_of_type(task_type)  # one tag per word, or a label per text
     lines, encoding, why_encoding = _sample(path)
     notes = [f"encoding: {encoding} ({why_encoding})"]
     data: dict[str, Any] = {"format": None}
@@ -449,32 +474,17 @@ def draft(path: Path, task_type: str | None = None, columns: list[str] | None = 
 
     if fmt == "conll":
         width, delimiter = conll  # type: ignore[misc]
-        if task_type == SEQUENCE:
+        if words is False:
             raise _refuse(path, "CoNLL columns hold one token per line, which is a token task, not --type "
-                                f"{SEQUENCE}.")
-        if width < 2:
-            raise _refuse(path, "one column per line: tokens without tags.")
-        forced = _parse_columns(columns or [], fmt, False)
-        if set(forced) - {"tokens", "tags"}:
-            raise ConfigError(f"--column {', '.join(sorted(set(forced) - {'tokens', 'tags'}))}: CoNLL columns hold "
-                              "tokens and tags only.")
-        tokens, tags = int(forced.get("tokens", 0)), int(forced.get("tags", width - 1))
-        if not (0 <= tags < width and 0 <= tokens < width) or tags == tokens:
-            raise _refuse(path, f"--column: the file has columns 0..{width - 1}, and tokens and tags must differ.")
-        notes.append(f"tokens: column {tokens}, tags: column {tags}"
-                     + (" (given)" if "tags" in forced else " (the last: CoNLL files keep the NER tags there; "
-                                                           "another column with --column tags=N)"))
-        data["columns"] = {"tokens": tokens, "tags": tags}
-        if delimiter:
-            data["delimiter"] = delimiter
-        sentences = _conll_sentences(lines, tags, delimiter)
-        task_type = TOKEN
+                                f"{task_type}.")
+        sentences = _conll_columns(path, lines, width, delimiter, columns, data, notes)
+        words = True
     else:
         rows, keys, header = _records(fmt, lines, path) if fmt != "regex" else ([], ["text", "label"], True)
         if fmt == "regex":
-            if task_type == TOKEN:
+            if words:
                 raise _refuse(path, "'LABEL text' lines have one label per line, not one tag per token.")
-            task_type, roles = SEQUENCE, {"text": "text", "label": "label"}
+            words, roles = False, {"text": "text", "label": "label"}
             labels = {ln.split(None, 1)[0] for ln in lines if ln.strip()}
             if all(":" in label for label in labels):
                 coarse = sorted({label.split(":", 1)[0] for label in labels})
@@ -488,17 +498,39 @@ def draft(path: Path, task_type: str | None = None, columns: list[str] | None = 
                 data["header"] = header
                 notes.append("header: " + (f"yes ({', '.join(keys)})" if header else
                                            "none (the first row looks like data); columns are 0-based indices"))
-            task_type, roles = _roles_for_records(rows, keys, task_type, _parse_columns(columns or [], fmt, header),
+            words, roles = _roles_for_records(rows, keys, words, _parse_columns(columns or [], fmt, header),
                                                   path, notes)
             data["columns"] = roles
-        sentences = [[str(t) for t in _words(r.get(roles["tags"])) or []] for r in rows] if task_type == TOKEN else []
-    if task_type == TOKEN:
+        sentences = [[str(t) for t in _words(r.get(roles["tags"])) or []] for r in rows] if words else []
+    if words:
         if tag_scheme is None:
             tag_scheme, why_scheme = guess_tag_scheme(sentences, path)
             notes.append(f"tag scheme: {tag_scheme} ({why_scheme})")
         data["tag_scheme"] = tag_scheme
-    spec = {"name": name or default_name(path), "type": task_type, "data": data}
+    spec = {"name": name or default_name(path), "type": type_with_roles(WORD_ROLES if words else TEXT_ROLES),
+            "data": data}
     return Draft(spec=spec, notes=notes)
+
+
+def _conll_columns(path: Path, lines: list[str], width: int, delimiter: str | None, columns: list[str] | None,
+                   data: dict[str, Any], notes: list[str]) -> list[list[str]]:
+    """Which CoNLL columns are tokens and tags (into ``data``); the sample's tag sentences."""
+    if width < 2:
+        raise _refuse(path, "one column per line: tokens without tags.")
+    forced = _parse_columns(columns or [], "conll", False)
+    if set(forced) - {"tokens", "tags"}:
+        raise ConfigError(f"--column {', '.join(sorted(set(forced) - {'tokens', 'tags'}))}: CoNLL columns hold "
+                          "tokens and tags only.")
+    tokens, tags = int(forced.get("tokens", 0)), int(forced.get("tags", width - 1))
+    if not (0 <= tags < width and 0 <= tokens < width) or tags == tokens:
+        raise _refuse(path, f"--column: the file has columns 0..{width - 1}, and tokens and tags must differ.")
+    notes.append(f"tokens: column {tokens}, tags: column {tags}"
+                 + (" (given)" if "tags" in forced else " (the last: CoNLL files keep the NER tags there; "
+                                                       "another column with --column tags=N)"))
+    data["columns"] = {"tokens": tokens, "tags": tags}
+    if delimiter:
+        data["delimiter"] = delimiter
+    return _conll_sentences(lines, tags, delimiter)
 
 
 def _conll_sentences(lines: list[str], column: int, delimiter: str | None) -> list[list[str]]:
@@ -621,7 +653,7 @@ def render(d: Draft, source: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_file", help="the train split's data file (CoNLL columns, JSONL, CSV/TSV, 'LABEL text' lines)")
-    parser.add_argument("--type", choices=[TOKEN, SEQUENCE], help="task type (default: guessed)")
+    parser.add_argument("--type", help="task type: token_classification or sequence_classification (default: guessed)")
     parser.add_argument("--out", metavar="SPEC.yaml", help="write the spec here (default: print it)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--name", help="task name (default: from the file or folder name)")

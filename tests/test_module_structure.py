@@ -89,12 +89,17 @@ def test_no_task_type_string_comparisons_outside_task_types():
     names = "|".join(re.escape(n) for n in ["token_classification", "sequence_classification",
                                             "multi_label_classification"])
     pattern = re.compile(rf"""(==|!=|\bin\b)\s*\(?["']({names})["']|["']({names})["']\s*(==|!=)""")
+    # An alias (TOKEN = "token_classification") is how a comparison hides from the pattern above.
+    alias = re.compile(rf"""^[A-Z][A-Z0-9_]*\s*(:[^=]+)?=\s*["']({names})["']\s*$""")
+    # The exported model's own modeling file compares Hugging Face's problem_type, which happens
+    # to be spelled like our multi-label type.
+    allowed = {"export_modeling.py"}
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if "task_types" in path.parts:
+        if "task_types" in path.parts or path.name in allowed:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if pattern.search(line):
+            if pattern.search(line) or alias.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 
