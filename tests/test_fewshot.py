@@ -241,6 +241,9 @@ def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, c
     assert summary["init"] == "auto" and summary["shots"] == 4 and len(summary["seeds"]) == 3
     assert {s["init"] for s in summary["seeds"]} <= {"meta", "fresh"} and all(s["selection"] for s in summary["seeds"])
     assert all(s["per_class"] == {"neg": 4, "pos": 4} and s["support_size"] == 8 for s in summary["seeds"])
+    # Each seed's adaptation ran on the training engine and logged its support-set loss.
+    assert all(s["curve"] and s["curve"][-1]["step"] == s["steps"] and "toy_sent_csv" in s["curve"][-1]["loss"]
+               for s in summary["seeds"])
     assert 0 <= summary["mean"]["macro_f1"] <= 1 and summary["metric"] == "macro_f1"
     assert (data_dir / "adapted" / "weights.safetensors").is_file()
     assert main(["--quiet", "adapt", str(run), "--task", str(spec), "--save", str(data_dir / "adapted")]) == 2

@@ -53,7 +53,7 @@ from ..evaluation.evaluate import predict_split
 from ..fileio import atomic_write
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..training.accelerator import make_accelerator
-from ..training.callbacks import JsonlLog
+from ..training.callbacks import JsonlLog, LossLogger, RecordList, ThroughputMeter
 from ..training.engine import Batch, Engine
 from ..training.guard import NonFiniteGuard
 from ..training.trainer import TaskLoss
@@ -139,6 +139,9 @@ class SeedResult:
     init: str = ""
     # init 'auto': each candidate's 2-fold cross-validated few-shot metric on the support set
     selection: dict[str, float] = field(default_factory=dict)
+    # The support-set loss (and throughput) about every tenth of the steps: metrics.jsonl's
+    # "train" records, for this seed's adaptation.
+    curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
@@ -195,9 +198,9 @@ class SupportBatches:
 
 
 def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], settings: AdaptSettings, seed: int,
-               full: bool, pad_id: int, device: torch.device) -> int:
+               full: bool, pad_id: int, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
     """Prototype head, then the adaptation recipe on ``indices``, on the training engine;
-    returns the optimizer steps."""
+    returns the optimizer steps and the loss curve."""
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
     groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
     if full:
@@ -209,13 +212,15 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     # The model stays where adapt put it (its device), so only the precision is accelerate's.
     accelerator, _ = make_accelerator(settings.mixed_precision, 1, Path(os.devnull), [])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    curve = RecordList()
     engine = Engine(accelerator, model, optimizer, scheduler,
                     SupportBatches(task, indices, settings.batch_size, steps, seed, pad_id, device),
                     TaskLoss(model, {task.name: 1.0}, device, autocast=accelerator.autocast),
                     NonFiniteGuard("stop", JsonlLog(Path(os.devnull), False),
                                    lambda: "this seed's adaptation is dropped", "--lr"),
-                    [], steps, max_grad_norm=1.0)
-    return engine.fit().step
+                    [ThroughputMeter(), LossLogger([task.name], max(1, steps // 10), curve, trackers=False)],
+                    steps, max_grad_norm=1.0)
+    return engine.fit().step, curve.records
 
 
 def _support_score(model: MultiTaskModel, task: PreparedTask, indices: list[int], metric: str, pad_id: int,
@@ -282,9 +287,9 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
             init, selection = choose_init(model, task, info, candidates, indices, seed, settings, pad_id, device)
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
     _start(model, task, info, init, device, settings.init_scale)
-    steps = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
+    steps, curve = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
-    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection)
+    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection, curve)
 
 
 @dataclass

@@ -49,6 +49,17 @@ class JsonlLog:
         atomic_write(self.path, "".join(line + "\n" for line in kept))
 
 
+class RecordList(JsonlLog):
+    """A metrics log kept in memory (a few-shot seed's loss curve goes into its summary)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("."), enabled=True)
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
 class ProgressBar(Callback):
     def __init__(self, disabled: bool, desc: str = "training") -> None:
         self.disabled, self.desc = disabled, desc
