@@ -402,7 +402,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     warmup, steps = (5, 15) if args.quick else (10, 40)
     warmup, steps = args.warmup or warmup, args.steps or steps
+    from nlp_mtl.training.precision import cpu_isa_flags
+
     out: dict = {"machine": {"device": device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                             "cpu_isa": cpu_isa_flags(),
                              "threads": torch.get_num_threads(), "native_bf16": native_bf16(device),
                              "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                              "torch": torch.__version__}}

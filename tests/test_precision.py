@@ -61,3 +61,10 @@ def test_varying_shape_batches_skip_cudnn_attention_on_cuda_only():
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
     with attention_for_varying_shapes("cpu"):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_cpu_isa_flags_name_what_the_matmuls_can_use():
+    cpuinfo = "processor : 0\nflags : fpu sse avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 ht\n"
+    assert precision.cpu_isa_flags(cpuinfo) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    assert precision.cpu_isa_flags("flags : fpu sse sse2 avx2 fma\n") == ["avx2", "fma"]
+    assert precision.cpu_has_native_bf16(cpuinfo) and not precision.cpu_has_native_bf16("flags : avx2 fma\n")

@@ -13,14 +13,30 @@ from pathlib import Path
 import torch
 
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The instruction-set flags that decide how fast this model trains on a CPU, in the order a
+# benchmark reports them.
+MATMUL_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                    "amx_int8")
+
+
+def _cpu_flags(cpuinfo: str | None) -> set[str] | None:
+    if cpuinfo is None and Path("/proc/cpuinfo").exists():
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    if cpuinfo is None:
+        return None
+    return {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+
+
+def cpu_isa_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of MATMUL_ISA_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
+    flags = _cpu_flags(cpuinfo) or set()
+    return [flag for flag in MATMUL_ISA_FLAGS if flag in flags]
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """``cpuinfo``: the text of /proc/cpuinfo (read when not given)."""
-    if cpuinfo is None and Path("/proc/cpuinfo").exists():
-        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-    if cpuinfo is not None:
-        flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    flags = _cpu_flags(cpuinfo)
+    if flags is not None:
         return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")  # no /proc: a best guess
 
