@@ -44,6 +44,22 @@ def test_caller_callbacks_see_every_optimizer_step(data_dir, tiny_bert):
     assert seconds > 0 and examples == 15 * 16
 
 
+def test_a_callers_meter_runs_before_evaluation_and_checkpoints(data_dir, tiny_bert):
+    from nlp_mtl.training.callbacks import Checkpointer, Evaluator
+
+    class PlaceMeter(ThroughputMeter):
+        def on_train_start(self, engine) -> None:
+            kinds = [type(c) for c in engine.callbacks]
+            self.before = engine.callbacks.index(self) < min(kinds.index(Checkpointer), kinds.index(Evaluator))
+
+    config = load_experiment(write_experiment(data_dir, tiny_bert, ["toy_sent"], steps=2, evaluations=1,
+                                              log_with="none"))
+    meter = PlaceMeter()
+    train(config, RunDir(data_dir / "run"), quiet=True, callbacks=[meter])
+    # Else the last step's checkpoint and the final validation would count as training time.
+    assert meter.before
+
+
 def test_early_stopping_ends_before_the_budget_and_keeps_the_best(data_dir, tiny_bert):
     # min_delta 1.0 can never be beaten, so the 2nd evaluation is the 1st stale one: stop there.
     config = write_experiment(data_dir, tiny_bert, ["toy_sent"], steps=40, eval_every=4, checkpoint_every=0,
