@@ -155,31 +155,38 @@ def _data_root_override(value: str | None) -> list[str]:
     return [f"data.root={Path(value).expanduser().resolve()}"] if value else []
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_or_resume(args: argparse.Namespace, command: str, work: Any) -> tuple[Any, Any]:
+    """train and meta-train: continue ``--resume RUN_DIR`` (swapping in an --overwrite
+    replacement it finishes), or start a run from CONFIG; a finished run in the way is replaced
+    only once the new one has finished. ``work(config, run, **options)`` trains. Returns the
+    run's folder and what ``work`` returned."""
     from .config import load_experiment
     from .run_dir import RunDir, explained_failures, finish_replacement, holds_run, replace_run, replaced_by
-    from .training import train
 
     if args.resume:
-        run, config = _resumed_run(args, "train")
+        run, config = _resumed_run(args, command)
         target = replaced_by(run)  # the staging folder of an --overwrite: swapped in when it finishes
-        with explained_failures(run):
-            result = train(config, run, quiet=args.quiet, resume=True)
+        with explained_failures(run, command):
+            result = work(config, run, resume=True)
         finish_replacement(run)
-        run = RunDir(target) if target else run
-    else:
-        if not args.config:
-            raise UserError("train: give an experiment CONFIG, or --resume RUN_DIR.")
-        config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-        run = RunDir.for_config(config, args.output_dir)
-        if args.overwrite and holds_run(run.path):
-            # The old run stays until the new one has finished (run_dir.replace_run).
-            result = replace_run(run, lambda staging: train(config, staging, quiet=args.quiet, overwrite=True))
-        else:
-            with explained_failures(run):
-                result = train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+        return (RunDir(target) if target else run), result
+    if not args.config:
+        raise UserError(f"{command}: give an experiment CONFIG, or --resume RUN_DIR.")
+    config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
+    run = RunDir.for_config(config, args.output_dir)
+    if args.overwrite and holds_run(run.path):  # the old run stays until the new one has finished
+        return run, replace_run(run, lambda staging: work(config, staging, overwrite=True), command)
+    with explained_failures(run, command):
+        return run, work(config, run, overwrite=args.overwrite)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    run, result = _train_or_resume(args, "train", lambda config, run, **options: train(
+        config, run, quiet=args.quiet, **options))
     if not args.quiet:
-        print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.path / 'reports'}")
+        print(f"run saved to {run.path} ({result.seconds / 60:.1f} min); reports in {run.reports_dir}")
     return 0
 
 
@@ -325,27 +332,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    from .config import load_experiment
     from .fewshot.meta import meta_train
-    from .run_dir import RunDir
 
-    from .run_dir import finish_replacement, holds_run, replace_run, replaced_by
-
-    if args.resume:
-        run, config = _resumed_run(args, "meta-train")
-        target = replaced_by(run)
-        result = meta_train(config, run, quiet=args.quiet, resume=True)
-        finish_replacement(run)
-        run = RunDir(target) if target else run
-    else:
-        if not args.config:
-            raise UserError("meta-train: give an experiment CONFIG, or --resume RUN_DIR.")
-        config = load_experiment(args.config, args.overrides + _data_root_override(args.data_root))
-        run = RunDir.for_config(config, args.output_dir)
-        if args.overwrite and holds_run(run.path):  # the old run stays until the new one has finished
-            result = replace_run(run, lambda staging: meta_train(config, staging, quiet=args.quiet, overwrite=True))
-        else:
-            result = meta_train(config, run, quiet=args.quiet, overwrite=args.overwrite)
+    _, result = _train_or_resume(args, "meta-train", lambda config, run, **options: meta_train(
+        config, run, quiet=args.quiet, **options))
     if not args.quiet:
         print(f"meta-training took {result.seconds / 60:.1f} min")
     return 0

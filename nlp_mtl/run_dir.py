@@ -137,29 +137,30 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resume_note(run: RunDir) -> str:
-    """What is left to continue from: the last good checkpoint, or nothing."""
+def resume_note(run: RunDir, command: str = "train") -> str:
+    """What is left to continue from (the last good checkpoint, or nothing), as a sentence."""
     from .training.checkpoint import checkpoint_note
 
-    return checkpoint_note(run) + "."
+    note = checkpoint_note(run, command)
+    return note[0].upper() + note[1:] + "."
 
 
 @contextmanager
-def explained_failures(run: RunDir) -> Iterator[None]:
+def explained_failures(run: RunDir, command: str = "train") -> Iterator[None]:
     """A file-system error while training becomes one line naming the path, and saying what
-    checkpoint is left to resume from."""
+    checkpoint is left to resume from (with ``nlp-mtl COMMAND --resume``)."""
     try:
         yield
     except FileSystemError as err:
-        raise FileSystemError(f"{err} {resume_note(run)[0].upper()}{resume_note(run)[1:]}") from None
+        raise FileSystemError(f"{err} {resume_note(run, command)}") from None
     except Exception as err:  # noqa: BLE001  (only errno-bearing errors are converted)
         converted = file_system_error(err, run.path)
         if converted is None:
             raise
-        raise FileSystemError(f"{converted} {resume_note(run)[0].upper()}{resume_note(run)[1:]}") from None
+        raise FileSystemError(f"{converted} {resume_note(run, command)}") from None
 
 
-def replace_run(target: RunDir, work: Callable[[RunDir], T]) -> T:
+def replace_run(target: RunDir, work: Callable[[RunDir], T], command: str = "train") -> T:
     """'train --overwrite' of a run: ``work`` trains into a staging folder beside ``target``, which
     replaces ``target`` only when ``work`` returns. On any failure ``target`` is unchanged, and the
     staging folder is kept only if it holds a checkpoint to continue from."""
@@ -167,7 +168,7 @@ def replace_run(target: RunDir, work: Callable[[RunDir], T]) -> T:
 
     staging = start_replacement(target) if _is_main_process() else staging_dir(target)
     try:
-        with explained_failures(staging):
+        with explained_failures(staging, command):
             result = work(staging)
     except BaseException as err:
         kept = _is_main_process() and find_checkpoint(staging.last_dir) is not None
