@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .config import TaskSpec, default_data_root
+from .data.tags import split_tag
 from .errors import ConfigError, DataError, UserError
 from .schema import from_mapping
 
@@ -323,17 +324,9 @@ def _roles_for_records(rows: list[dict[Any, Any]], keys: list[Any], words: bool 
 
 # ---- tag scheme ---------------------------------------------------------------------------------
 
-def _prefix(tag: str) -> tuple[str, str]:
-    if tag == "O":
-        return "O", ""
-    if len(tag) > 2 and tag[1] in "-_" and tag[0] in "BIESLU":
-        return tag[0], tag[2:]
-    return "", tag
-
-
 def guess_tag_scheme(sentences: list[list[str]], path: Path) -> tuple[str, str]:
     """The tag scheme of these tag sequences, and why."""
-    kinds = Counter(_prefix(t)[0] for tags in sentences for t in tags)
+    kinds = Counter(split_tag(t)[0] for tags in sentences for t in tags)
     prefixes = {p for p in kinds if p not in ("", "O")}
     if not prefixes:
         if set(kinds) == {"O"}:
@@ -341,7 +334,7 @@ def guess_tag_scheme(sentences: list[list[str]], path: Path) -> tuple[str, str]:
         distinct = len({t for tags in sentences for t in tags})
         return "none", f"plain tags without B-/I- prefixes ({distinct} distinct): scored per token"
     if kinds[""]:
-        plain = sorted({t for tags in sentences for t in tags if _prefix(t)[0] == ""})[:3]
+        plain = sorted({t for tags in sentences for t in tags if split_tag(t)[0] == ""})[:3]
         raise _refuse(path, f"tags mix B-/I- prefixed and plain names ({', '.join(plain)}); cannot tell the "
                             "scheme: give it with --tag-scheme iob1, iob2, bioes or none.")
     if prefixes & {"L", "U"}:
@@ -353,7 +346,7 @@ def guess_tag_scheme(sentences: list[list[str]], path: Path) -> tuple[str, str]:
     for tags in sentences:
         previous = ""
         for tag in tags:
-            prefix, kind = _prefix(tag)
+            prefix, kind = split_tag(tag)
             if prefix == "I" and previous != kind:
                 starts += 1
             previous = kind if prefix in "BI" else ""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def _split(tag: str) -> tuple[str, str]:
+def split_tag(tag: str) -> tuple[str, str]:
+    """(prefix, entity type): ('B', 'PER') for B-PER, ('O', '') for O, ('', tag) for a plain tag."""
     if tag == "O":
         return "O", ""
     if len(tag) > 2 and tag[1] in "-_" and tag[0] in "BIESL U":
@@ -17,7 +18,7 @@ def check_tag(tag: str, scheme: str) -> str | None:
     """Return an error description if ``tag`` is not valid in ``scheme``, else None."""
     if scheme == "none":
         return None
-    prefix, _ = _split(tag)
+    prefix, _ = split_tag(tag)
     allowed = {"iob1": "BI", "iob2": "BI", "bioes": "BIES"}[scheme]
     if prefix == "O":
         return None
@@ -33,7 +34,7 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     out: list[str] = []
     previous_type = None
     for tag in tags:
-        prefix, kind = _split(tag)
+        prefix, kind = split_tag(tag)
         if prefix == "O":
             out.append("O")
             previous_type = None
@@ -60,7 +61,7 @@ def sequence_problem(tags: Sequence[str], scheme: str) -> tuple[int, str] | None
         return None
     previous_prefix, previous_type = "O", ""
     for i, tag in enumerate(tags):
-        prefix, kind = _split(tag)
+        prefix, kind = split_tag(tag)
         continues = "I" if scheme == "iob2" else "IE"
         if prefix in continues and (previous_prefix not in ("B", "I") or previous_type != kind):
             after = "the start of the sentence" if i == 0 else f"'{tags[i - 1]}'"
@@ -76,7 +77,7 @@ def repair(tags: Sequence[str], scheme: str) -> tuple[list[str], int]:
     out, changed = list(tags), 0
     while (problem := sequence_problem(out, scheme)) is not None:
         i = problem[0]
-        prefix, kind = _split(out[i])
+        prefix, kind = split_tag(out[i])
         out[i] = ("S-" if prefix == "E" else "B-") + kind
         changed += 1
     return out, changed
