@@ -245,10 +245,11 @@ class EpisodeSource:
             episode = source.sample()
         except ValueError as err:  # only masked-word sources run dry, and only on odd settings
             raise ConfigError(f"meta.masked_words: {err}") from None
-        episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
-        episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
+        # Sizes counted while the batches are still on the host: no device sync per step.
         examples = len(episode.support["input_ids"]) + len(episode.query["input_ids"])
         tokens = int(episode.support["attention_mask"].sum() + episode.query["attention_mask"].sum())
+        episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
+        episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
         return Batch(episode.source, episode, examples, tokens)
 
     def cursors(self) -> dict[str, list[int]]:
@@ -278,7 +279,9 @@ class EpisodeLoss:
                                  episode.query, episode.num_labels, self.mc)
         grads = [result.grads[n].detach() for n in self.init]
         if self.accelerator.num_processes > 1:
-            grads = [self.accelerator.reduce(g, reduction="mean") for g in grads]
+            # One all-reduce of the whole outer gradient, not one per adapter tensor.
+            flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+            grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
         surrogate = sum((p * g.to(p.dtype)).sum() for p, g in zip(self.init.values(), grads))
         self.results.append((episode.source, result))
         query_loss = torch.tensor(result.query_loss_after, device=device)
