@@ -255,11 +255,6 @@ class AdapterHooks:
 
         return add_delta
 
-    @property
-    def active(self) -> str | None:
-        """The group this context's passes run through."""
-        return self._group.get()
-
     @contextlib.contextmanager
     def routed(self, group: str | None) -> Iterator[None]:
         token = self._group.set(group)
