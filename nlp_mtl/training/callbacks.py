@@ -84,6 +84,8 @@ class ThroughputMeter(Callback):
     """Examples and real tokens per second of training steps alone: evaluation and checkpoints
     (later callbacks) fall outside the timed span. ``take()`` reads and restarts the interval."""
 
+    order = -1  # before every other callback, whoever installs it
+
     def __init__(self) -> None:
         self.seconds, self.examples, self.tokens = 0.0, 0, 0
         self._started = 0.0

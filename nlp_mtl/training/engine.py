@@ -79,7 +79,10 @@ class LossGuard(Protocol):
 
 
 class Callback:
-    """Hooks around the loop; every one is optional. ``step`` counts optimizer steps."""
+    """Hooks around the loop; every one is optional. ``step`` counts optimizer steps.
+    Callbacks run in ``order`` (lower first; the order given among equals)."""
+
+    order = 0
 
     def on_train_start(self, engine: Engine) -> None: ...
 
@@ -97,7 +100,7 @@ class Engine:
                  state: EngineState | None = None) -> None:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.source, self.loss_fn, self.guard = source, loss_fn, guard
-        self.callbacks = list(callbacks)
+        self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.total_steps, self.max_grad_norm = total_steps, max_grad_norm
         self.accumulation = accelerator.gradient_accumulation_steps
         self.state = state or EngineState()

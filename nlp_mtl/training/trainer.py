@@ -238,8 +238,8 @@ def standard_callbacks(config: ExperimentConfig, run: RunDir, accelerator: Any, 
 
 def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bool = False,
           overwrite: bool = False, callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train ``config`` into ``run``; ``callbacks`` run after the standard ones, except that
-    throughput meters (a benchmark's) run before all others."""
+    """Train ``config`` into ``run``; ``callbacks`` run after the standard ones of the same
+    ``Callback.order`` (a throughput meter's is lower: it runs before all others)."""
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
@@ -295,7 +295,7 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
     engine = Engine(accelerator, model, optimizer, scheduler, source,
                     TaskLoss(model, {t.name: t.spec.loss_weight for t in tasks}, accelerator.device),
                     NonFiniteGuard(tc.on_nonfinite_loss, log, lambda: checkpoint_note(run), "training.lr"),
-                    _meters_first(installed + list(callbacks or [])), steps, tc.max_grad_norm, state)
+                    installed + list(callbacks or []), steps, tc.max_grad_norm, state)
     try:
         engine.fit()
     except BaseException:
@@ -303,13 +303,6 @@ def train(config: ExperimentConfig, run: RunDir, quiet: bool = False, resume: bo
             accelerator.end_training()
         raise
     return finish_run(config, run, accelerator, engine, tasks, log, bool(trackers), say, quiet, pad_id, started)
-
-
-def _meters_first(callbacks: list[Callback]) -> list[Callback]:
-    """Every ThroughputMeter (a caller's too) runs before the other callbacks, so evaluation,
-    logging and checkpoints fall outside each meter's timed span."""
-    meters = [c for c in callbacks if isinstance(c, ThroughputMeter)]
-    return meters + [c for c in callbacks if not isinstance(c, ThroughputMeter)]
 
 
 def finish_run(config: ExperimentConfig, run: RunDir, accelerator: Any, engine: Engine,
