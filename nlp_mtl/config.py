@@ -231,6 +231,9 @@ class EarlyStoppingConfig:
 class TrainingConfig:
     # Examples per batch and process; every batch holds one task.
     batch_size: int = 32
+    # A token budget per batch instead of a count: each batch holds as many examples as fit in
+    # this many padded tokens (examples x longest member); batch_size is then unused.
+    batch_tokens: int | None = None
     # Examples per batch in evaluation.
     eval_batch_size: int = 128
     # Peak learning rate of the encoder (and of the heads unless head_lr is set).
@@ -251,6 +254,11 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     # 'auto': bf16 where the hardware has it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
+    # torch.compile (inductor) the training step: forward, loss and backward. 'auto' compiles
+    # where it pays for its compile time: on CUDA GPUs, not on CPUs (docs/performance.md).
+    compile: bool | Literal["auto"] = "auto"
+    # Pad each batch's length up to a multiple of this (fewer distinct shapes to compile).
+    pad_to_multiple_of: int = 1
     # Seeds the model, the task sampler and the batch order.
     seed: int = 42
     # Validation passes spread evenly over the run (unless eval_every is set).
@@ -270,12 +278,17 @@ class TrainingConfig:
     early_stopping: EarlyStoppingConfig | None = None
     # Trackers through accelerate: 'auto' = TensorBoard if installed, 'none', or names/a list.
     log_with: str | list[str] = "auto"
+    # Tasks that label the same examples (CoNLL-2003's POS, chunk and NER columns; intent and
+    # slots of one utterance), each group trained from one encoder pass per batch and sampled
+    # as one task; its loss is the members' loss_weight-weighted sum. E.g. [[pos, chunk, ner]].
+    shared_pass: list[list[str]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         from .training.tracking import check_tracker_names
 
         check_tracker_names(self.log_with, f"{where}.log_with")
-        for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "evaluations", "log_every"):
+        for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "evaluations", "log_every",
+                    "pad_to_multiple_of"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
         for key in ("lr", "epochs"):
@@ -285,6 +298,9 @@ class TrainingConfig:
             value = getattr(self, key)
             if value is not None and not 0 < value <= 1:
                 raise ConfigError(f"{where}.{key}: expected a learning rate in (0, 1], got {value}.")
+        if self.batch_tokens is not None and self.batch_tokens <= 0:
+            raise ConfigError(f"{where}.batch_tokens: expected an integer > 0 (padded tokens per batch), "
+                              f"got {self.batch_tokens}.")
         if not 0 <= self.weight_decay <= 1:
             raise ConfigError(f"{where}.weight_decay: expected a number in [0, 1], got {self.weight_decay}.")
         if self.max_grad_norm < 0:

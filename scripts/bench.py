@@ -120,7 +120,7 @@ def adapter_config(adapters: dict | None):
 
 
 def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str,
-                  adapters: dict | None = None) -> dict:
+                  adapters: dict | None = None, compile: bool = False, batch_tokens: int | None = None) -> dict:
     from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
     from nlp_mtl.run_dir import RunDir
     from nlp_mtl.training import train
@@ -129,7 +129,8 @@ def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, preci
         name="bench", tasks=[TaskEntry(spec="conll2003_ner")], adapters=adapter_config(adapters),
         data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
         training=TrainingConfig(batch_size=batch_size, steps=warmup + steps, log_every=warmup, eval_every=10**6,
-                                checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision),
+                                checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision,
+                                compile=compile, batch_tokens=batch_tokens),
     )
     meter = warmed_up_meter(warmup)
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,6 +380,8 @@ def main() -> None:
                         help="where phases 1-4 run, both trainers included (default: cpu)")
     parser.add_argument("--steps", type=int, help="timed training steps (default 40, 15 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps (default 10, 5 with --quick)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also train with training.compile: true (adds the compile time to the warm-up)")
     parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-scale", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-scale-train", nargs=3, help=argparse.SUPPRESS)
@@ -442,9 +445,10 @@ def main() -> None:
               f"{ratio:.2f}x the full step\n    LoRA r=8 on query and value: {lora_qv['samples_per_s']:.1f} "
               f"samples/s, step time {ratio_qv:.2f}x", flush=True)
     for precision in precisions if "training" in args.phases else []:
-        name = "nlp-mtl" + (" bf16" if precision == "bf16" else "")
-        train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision)
-        print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
+        for compiled in (False, True) if args.compile else (False,):
+            name = "nlp-mtl" + (" compiled" if compiled else "") + (" bf16" if precision == "bf16" else "")
+            train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision, compile=compiled)
+            print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
     trainer_runs = [(mode, False) for mode in ("pad to 128", "dynamic padding", "group_by_length")]
     if "bf16" in precisions:  # the Trainer's fastest stock setting then includes bf16=True
         trainer_runs.append(("group_by_length", True))

@@ -80,10 +80,12 @@ class EncodedSplit:
                             truncated=0, pairs=self.pairs)
 
 
-def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad the examples at ``indices`` to their longest member (dynamic padding)."""
+def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int,
+            multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Pad the examples at ``indices`` to their longest member (dynamic padding), rounded up to
+    a multiple of ``multiple_of``."""
     lengths = split.lengths[np.asarray(indices)]
-    width = int(lengths.max())
+    width = -(-int(lengths.max()) // multiple_of) * multiple_of
     input_ids = split.input_ids.pad(indices, width, pad_token_id)
     batch = {
         "input_ids": torch.from_numpy(input_ids),

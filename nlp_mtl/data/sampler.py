@@ -60,17 +60,22 @@ class LengthGroupedBatches:
     With ``group_by_length``, examples are shuffled, cut into mega-batches of 50 batches,
     sorted by length inside each, and the resulting batches shuffled again: little padding,
     still random (the scheme of Hugging Face's LengthGroupedSampler).
+
+    With ``batch_tokens``, a batch holds as many examples as fit in that many padded tokens
+    (examples x longest member) instead of ``batch_size``: short sentences come in big batches
+    that fill the matmuls, long ones in small batches that bound memory.
     """
 
     MEGA_BATCH = 50
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = True,
-                 num_shards: int = 1) -> None:
+                 num_shards: int = 1, batch_tokens: int | None = None) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
         self.num_shards = num_shards
+        self.batch_tokens = batch_tokens
         self.cursor = BatchCursor()
         self._pass_cache: tuple[int, list[np.ndarray]] | None = None
 
@@ -80,10 +85,10 @@ class LengthGroupedBatches:
         rng = np.random.Generator(np.random.PCG64([self.seed, pass_index]))
         order = rng.permutation(len(self.lengths))
         if self.group_by_length:
-            mega = self.batch_size * self.MEGA_BATCH
+            mega = self._examples_per_batch() * self.MEGA_BATCH
             chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = self._cut(order)
         if self.num_shards > 1 and len(batches[-1]) % self.num_shards:
             # Every process needs its share of the last batch: top it up like DistributedSampler.
             missing = self.num_shards - len(batches[-1]) % self.num_shards
@@ -91,6 +96,26 @@ class LengthGroupedBatches:
         if self.group_by_length:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self._pass_cache = (pass_index, batches)
+        return batches
+
+    def _examples_per_batch(self) -> int:
+        if self.batch_tokens is None:
+            return self.batch_size
+        return max(1, self.batch_tokens // max(1, int(np.median(self.lengths))))
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        if self.batch_tokens is None:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        # Greedy: a batch grows while (members + 1) x its longest member fits the budget; every
+        # process gets at least one example, even of a sentence longer than the budget.
+        batches, start, longest = [], 0, 0
+        for i, length in enumerate(self.lengths[order]):
+            wider = max(longest, int(length))
+            if i - start >= self.num_shards and (i - start + 1) * wider > self.batch_tokens:
+                batches.append(order[start:i])
+                start, wider = i, int(length)
+            longest = wider
+        batches.append(order[start:])
         return batches
 
     def __len__(self) -> int:

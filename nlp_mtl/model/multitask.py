@@ -178,14 +178,28 @@ class MultiTaskModel(nn.Module):
         with self.routed(group):
             return self.encode(input_ids, attention_mask, token_type_ids)
 
-    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, task: str | tuple[str, ...], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, labels: Any = None) -> dict[str, Any]:
+        """One task: its logits (and loss, given labels). Several tasks that label the same
+        examples and share an adapter (a shared pass): one encoder pass, and {task: logits},
+        {task: loss} for labels given as {task: labels}."""
+        if isinstance(task, tuple):
+            return self._forward_shared(task, input_ids, attention_mask, token_type_ids, labels)
         hidden = self.encode_through(self.tasks[task].adapter, input_ids, attention_mask, token_type_ids)
         head: Head = self.heads[task]
         logits = head(hidden, attention_mask)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = head.loss(logits, labels)
+        return out
+
+    def _forward_shared(self, tasks: tuple[str, ...], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        token_type_ids: torch.Tensor | None, labels: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        hidden = self.encode_through(self.tasks[tasks[0]].adapter, input_ids, attention_mask, token_type_ids)
+        logits = {name: self.heads[name](hidden, attention_mask) for name in tasks}
+        out: dict[str, Any] = {"logits": logits}
+        if labels is not None:
+            out["loss"] = {name: self.heads[name].loss(logits[name], labels[name]) for name in tasks}
         return out
 
     def encode_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
