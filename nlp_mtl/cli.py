@@ -116,6 +116,9 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
     p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")
     p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")
+    p.add_argument("--pair-rounds", type=int, default=20, metavar="N",
+                   help="sentence tasks: rounds of contrastive pairs from the support set (SetFit's sampling) that "
+                        "train the adapter before the head is fitted (default 20; 0: none)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16", "auto"],
                    help="precision of the adaptation steps (auto: bf16 where the hardware has it natively)")
     p.add_argument("--test-limit", type=_positive_int, help="score on the first N test examples only")
@@ -348,7 +351,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                             mixed_precision=args.mixed_precision)
+                             mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     from .run_dir import check_target

@@ -82,7 +82,10 @@ def _attention_with_fast_dropout(module: nn.Module, query: torch.Tensor, key: to
     ``fast_dropout`` instead."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or query.device.type != "cpu" or kwargs.get("is_causal") or kwargs.get("position_bias") is not None:
+    # Anything beyond plain bidirectional attention (causal, grouped keys, position biases) stays SDPA's.
+    unusual = (kwargs.get("is_causal") or getattr(module, "is_causal", False)
+               or getattr(module, "num_key_value_groups", 1) > 1 or kwargs.get("position_bias") is not None)
+    if dropout == 0.0 or query.device.type != "cpu" or unusual:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(-2, -1)) * (query.size(-1) ** -0.5 if scaling is None else scaling)

@@ -13,6 +13,8 @@ from each of:
   (d) full    full fine-tuning of the encoder (no adapter)
   (e) auto    `adapt --init auto` (adapt's default): per seed, (c) or (a), whichever adapts
               better in 2-fold cross-validation on the support set
+  (f) setfit  SetFit on the pretrained encoder, same support sets (sentence tasks only; needs the
+              `bench` extra: pip install -e ".[bench]"), as scripts/fewshot_sentences.py runs it
 (b), (c) and (e) start from their trained adapter's delta times --init-scale (default 0.5,
 as `adapt`); such rows are labelled e.g. "meta x0.5" (1 gives the unscaled rows).
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
@@ -39,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # fewshot_sentences: the SetFit baseline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SPLITS = {
@@ -47,7 +50,7 @@ SPLITS = {
     "syntax_sst2": (["conll2003_pos", "conll2003_chunk", "sst2"], ["conll2003_ner", "trec_coarse"]),
     "ner_pos_trecfine": (["conll2003_ner", "conll2003_pos", "trec_fine"], ["conll2003_chunk", "sst2"]),
 }
-INITS = ("fresh", "mtl", "meta", "full", "auto")
+INITS = ("fresh", "mtl", "meta", "full", "auto", "setfit")
 
 
 def meta_name(args: argparse.Namespace) -> str:
@@ -106,13 +109,17 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
                "full": (mtl_dir, "full"), "auto": (meta_dir, "auto")}
     rows = []
     for init in args.inits:
+        if init == "setfit":
+            rows += setfit_rows(split, held_out, root, args)
+            continue
         source, group = sources[init]
         model = MultiTaskModel.from_pretrained(source, device=args.device)
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
-                                         init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
+                                         init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps,
+                                         batch_size=args.batch_size, allow_short_classes=True)
                 summary = few_shot_adapt(model, task, settings, source=str(source))
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
@@ -131,9 +138,34 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def setfit_rows(split: str, held_out: list[str], root: Path, args: argparse.Namespace) -> list[dict]:
+    """SetFit on the held-out sentence tasks, on the support sets adapt draws."""
+    from fewshot_sentences import setfit_scores
+
+    from nlp_mtl.backbone import load_tokenizer, resolve_backbone
+    from nlp_mtl.config import load_task_spec, resolve_task_path
+    from nlp_mtl.fewshot.adapt import load_new_task, one_label_per_example
+
+    encoder = resolve_backbone("embedded")
+    rows = []
+    for task_name in held_out:
+        task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, load_tokenizer(encoder), args.test_limit)
+        if not one_label_per_example(task):
+            continue
+        for shots in args.shots:
+            started = time.perf_counter()
+            values = [v / 100 for v in setfit_scores(task, shots, list(range(1, args.seeds + 1)), encoder)]
+            rows.append({"split": split, "task": task_name, "shots": shots, "init": "setfit", "init_scale": None,
+                         "metric": "macro_f1", "mean": float(np.mean(values)), "std": float(np.std(values)),
+                         "values": values, "seconds": round(time.perf_counter() - started, 1)})
+            print(f"[{split}] {task_name:16s} K={shots:<3d} setfit     macro_f1 {100 * rows[-1]['mean']:6.2f} ± "
+                  f"{100 * rows[-1]['std']:5.2f}", flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     names = {"fresh": "fresh adapter (a)", "mtl": "MTL adapter (b)", "meta": "meta-learned (c)", "full": "full FT (d)",
-             "auto": "auto: (c) or (a) (e)"}
+             "auto": "auto: (c) or (a) (e)", "setfit": "SetFit (f)"}
     present = {r["init"] for r in rows}  # e.g. 'meta x0.5': the bench's init, then adapt's scale suffix
     labels = sorted(present, key=lambda label: (INITS.index(label.split(" ")[0]), label))
 
@@ -173,7 +205,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", help="held-out tasks to test (default: the split's)")
     parser.add_argument("--shots", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS[:-1]),
+                        help="starting points to compare (default: all but setfit)")
     # Adaptation defaults are `nlp-mtl adapt`'s, so the table measures what users get.
     parser.add_argument("--init-scale", type=float, default=defaults.init_scale,
                         help="start mtl, meta and auto from their trained delta times this factor (adapt --init-scale)")

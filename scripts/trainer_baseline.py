@@ -26,12 +26,12 @@ from pathlib import Path
 EPOCHS = {"conll2003_ner": 3, "trec_coarse": 3, "sst2": 1}
 
 
-def load(task: str):
+def load(task: str, limit: int | None):
     from nlp_mtl.config import default_data_root, load_task_spec, resolve_task_path
     from nlp_mtl.data.loading import load_task_data
 
     spec = load_task_spec(resolve_task_path(task))
-    return spec, load_task_data(spec, default_data_root(), {})
+    return spec, load_task_data(spec, default_data_root(), {"train": limit, "test": limit} if limit else {})
 
 
 def encode(tokenizer, spec, rows, labels):
@@ -78,7 +78,7 @@ def score(spec, rows, labels, predictions, enc) -> float:
     return 100 * float(np.mean([labels[int(p)] == r["label"] for p, r in zip(argmax, rows)]))
 
 
-def train_one(task: str, bf16: bool, seed: int) -> dict:
+def train_one(task: str, bf16: bool, seed: int, limit: int | None = None) -> dict:
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
                               DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments)
@@ -88,7 +88,7 @@ def train_one(task: str, bf16: bool, seed: int) -> dict:
     from bench import _group_by_length_kwargs  # scripts/ is on sys.path when this runs as a script
 
     started = time.perf_counter()
-    spec, data = load(task)
+    spec, data = load(task, limit)
     path = resolve_backbone("embedded")
     tokenizer = AutoTokenizer.from_pretrained(path)
     labels = data.labels
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 where native (as training.mixed_precision: auto), else fp32")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--limit", type=int, help="train and test on the first N examples of each task (a quick check)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
@@ -130,7 +131,7 @@ def main() -> None:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_native_bf16())
     out = {"cpu_isa": cpu_isa_flags(), "bf16": bf16, "tasks": {}}
     for task in EPOCHS:
-        out["tasks"][task] = train_one(task, bf16, args.seed)
+        out["tasks"][task] = train_one(task, bf16, args.seed, args.limit)
         r = out["tasks"][task]
         print(f"{task}: test {r['test']:.2f} ({r['epochs']} epochs) in {r['seconds'] / 60:.1f} min", flush=True)
     out["total_seconds"] = sum(r["seconds"] for r in out["tasks"].values())

@@ -51,12 +51,14 @@ from ..errors import UserError
 from ..evaluation import evaluate_tasks
 from ..evaluation.evaluate import predict_split
 from ..fileio import atomic_write
+from ..kernels import use_fast_cpu_dropout
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..training.accelerator import make_accelerator
 from ..training.callbacks import JsonlLog, LossLogger, RecordList, ThroughputMeter
 from ..training.engine import Batch, Engine
 from ..training.guard import NonFiniteGuard
 from ..training.trainer import TaskLoss
+from .contrastive import CosinePairLoss, PairBatches
 from .episodes import ClassIndex, support_set
 from .meta import META_GROUP, class_index
 from .prototypes import init_head_from_prototypes, labelled_features
@@ -82,6 +84,13 @@ class AdaptSettings:
     eval_batch_size: int = 128
     # Precision of the adaptation steps: no | bf16 | fp16 | auto (training.mixed_precision's values).
     mixed_precision: str = "no"
+    # Contrastive stage (tasks with one label per example): rounds of SetFit's pair sampling
+    # (each support example paired with one of its class and one of another) that train the
+    # adapter before the head is fitted; 0 turns it off.
+    pair_rounds: int = 20
+    # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
+    # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
+    allow_short_classes: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, before a run or its data is loaded.
@@ -93,6 +102,8 @@ class AdaptSettings:
             raise UserError(f"--mixed-precision: expected one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         if not self.lr <= 1:  # NaN too
             raise UserError(f"--lr: expected a learning rate of at most 1, got {self.lr:g}.")
+        if self.pair_rounds < 0:
+            raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
 
 def fewshot_metric(task: PreparedTask) -> str:
@@ -120,11 +131,14 @@ def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
 
 
 def prepare_model(model: MultiTaskModel) -> MultiTaskModel:
-    """Give a run without adapters a setup, so that 'fresh' has an adapter type to build."""
+    """Give a run without adapters a setup, so that 'fresh' has an adapter type to build; train
+    with the fast CPU dropout."""
+    use_fast_cpu_dropout(model)
     if model.adapter_setup is not None:
         return model
     kind, options = DEFAULT_FRESH_ADAPTER
     model.install_adapters(AdapterSetup(kind, dict(options), []))
+    use_fast_cpu_dropout(model)  # the new adapters' dropout layers too
     return model
 
 
@@ -199,28 +213,47 @@ class SupportBatches:
 
 def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], settings: AdaptSettings, seed: int,
                full: bool, pad_id: int, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
-    """Prototype head, then the adaptation recipe on ``indices``, on the training engine;
-    returns the optimizer steps and the loss curve."""
+    """The contrastive stage (sentence tasks), the prototype head, then the adaptation recipe
+    on ``indices``, each on the training engine; returns the optimizer steps and the loss curve."""
+    body = list(model.encoder.parameters()) if full else list(model.adapters[task.name].parameters())
+    body_lr = settings.encoder_lr if full else settings.lr
+    curve = RecordList()
+    steps = 0
+    if settings.pair_rounds and one_label_per_example(task):
+        pairs = PairBatches(task, indices, settings.pair_rounds, settings.batch_size, seed, pad_id, device)
+        steps += _run_engine(model, [{"params": body, "lr": body_lr}], pairs,
+                             lambda autocast: CosinePairLoss(model, task.name, autocast), len(pairs), task.name,
+                             settings, curve)
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
-    groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
-    if full:
-        groups.append({"params": list(model.encoder.parameters()), "lr": settings.encoder_lr})
-    else:
-        groups.append({"params": list(model.adapters[task.name].parameters()), "lr": settings.lr})
+    groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr},
+              {"params": body, "lr": body_lr}]
+    fine_tune = min(settings.max_steps, settings.epochs * math.ceil(len(indices) / settings.batch_size))
+    steps += _run_engine(model, groups, SupportBatches(task, indices, settings.batch_size, fine_tune, seed, pad_id, device),
+                         lambda autocast: TaskLoss(model, {task.name: 1.0}, device, autocast=autocast), fine_tune,
+                         task.name, settings, curve)
+    return steps, curve.records
+
+
+def one_label_per_example(task: PreparedTask) -> bool:
+    """Sentence tasks with one class per example: what the contrastive stage's pairs need."""
+    roles = task.task_type.roles
+    return not roles.token_level and not roles.label_set
+
+
+def _run_engine(model: MultiTaskModel, groups: list[dict[str, Any]], source: Any, loss: Any, steps: int, name: str,
+                settings: AdaptSettings, curve: RecordList) -> int:
+    """``steps`` optimizer steps of AdamW at constant rates over ``groups``; the loss curve
+    (about every tenth of the steps) goes into ``curve``."""
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    steps = min(settings.max_steps, settings.epochs * math.ceil(len(indices) / settings.batch_size))
     # The model stays where adapt put it (its device), so only the precision is accelerate's.
     accelerator, _ = make_accelerator(settings.mixed_precision, 1, Path(os.devnull), [])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    curve = RecordList()
-    engine = Engine(accelerator, model, optimizer, scheduler,
-                    SupportBatches(task, indices, settings.batch_size, steps, seed, pad_id, device),
-                    TaskLoss(model, {task.name: 1.0}, device, autocast=accelerator.autocast),
+    engine = Engine(accelerator, model, optimizer, scheduler, source, loss(accelerator.autocast),
                     NonFiniteGuard("stop", JsonlLog(Path(os.devnull), False),
                                    lambda: "this seed's adaptation is dropped", "--lr"),
-                    [ThroughputMeter(), LossLogger([task.name], max(1, steps // 10), curve, trackers=False)],
+                    [ThroughputMeter(), LossLogger([name], max(1, steps // 10), curve, trackers=False)],
                     steps, max_grad_norm=1.0)
-    return engine.fit().step, curve.records
+    return engine.fit().step
 
 
 def _support_score(model: MultiTaskModel, task: PreparedTask, indices: list[int], metric: str, pad_id: int,
@@ -356,7 +389,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
                         metric=task.metric, pair=task.encoded["train"].pairs)
     index = class_index(task)  # one pass over the train split, shared by every seed
     short = [(c, int(n)) for c, n in zip(index.classes, index.counts()) if n < settings.shots]
-    if short:  # K shots of a class with fewer examples would quietly be fewer than K
+    if short and not settings.allow_short_classes:  # K shots of a class with fewer examples would quietly be fewer than K
         raise UserError(f"--shots {settings.shots}: more than the train split of {task.spec.source} has of " +
                         ", ".join(f"'{c}' ({n})" for c, n in short) + "; lower --shots or add examples.")
     was_training, encoder_trainable = model.training, next(model.encoder.parameters()).requires_grad

@@ -1,0 +1,76 @@
+"""A contrastive stage for few-shot sentence tasks, as SetFit trains its sentence encoder.
+
+SetFit (Tunstall et al. 2022) is what a user with 8 or 16 labelled sentences per class reaches
+for: it fine-tunes a sentence encoder on pairs drawn from the support set (same class: cosine
+similarity 1, different classes: 0) before fitting a classifier on the embeddings. Pairs turn K
+examples per class into O(K^2) training signals, and the cosine objective shapes the pooled
+embedding that the prototype head then reads, instead of only moving a decision boundary.
+
+Here the pairs train the task's adapter (or, with ``--init full``, the encoder) through the
+head's own pooling; adapt then initialises the head from the new prototypes and fine-tunes as
+before. Both stages run on the training engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.encoding import collate
+from ..data.pipeline import PreparedTask
+from ..model import MultiTaskModel
+from ..training.engine import Batch
+
+
+class PairBatches:
+    """The engine's batch source: for each of ``iterations`` rounds, every support example is
+    paired once with another of its class (target 1) and once with one of another class
+    (target 0), SetFit's sampling; shuffled, in batches of ``batch_size`` pairs. Both sides of
+    a batch go through the encoder as one padded batch."""
+
+    def __init__(self, task: PreparedTask, indices: list[int], iterations: int, batch_size: int, seed: int,
+                 pad_id: int, device: torch.device) -> None:
+        self.split, self.name, self.pad_id, self.device = task.encoded["train"], task.name, pad_id, device
+        labels = np.asarray(self.split.labels)[indices]
+        rng = np.random.default_rng(seed + 104729)  # apart from the support-set and batch-order draws
+        pairs: list[tuple[int, int, float]] = []
+        for _ in range(iterations):
+            for i, label in zip(indices, labels):
+                same = [j for j, l in zip(indices, labels) if l == label and j != i] or [i]
+                other = [j for j, l in zip(indices, labels) if l != label]
+                pairs.append((i, int(rng.choice(same)), 1.0))
+                if other:
+                    pairs.append((i, int(rng.choice(other)), 0.0))
+        order = rng.permutation(len(pairs))
+        self.chunks = [[pairs[k] for k in order[s : s + batch_size]] for s in range(0, len(pairs), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def batch_at(self, micro_step: int) -> Batch:
+        chunk = self.chunks[micro_step]
+        both = [a for a, _, _ in chunk] + [b for _, b, _ in chunk]
+        inputs = {k: v.to(self.device) for k, v in collate(self.split, both, self.pad_id).items() if k != "labels"}
+        inputs["target"] = torch.tensor([t for _, _, t in chunk], device=self.device)
+        return Batch(self.name, inputs, len(both), int(self.split.lengths[both].sum()))
+
+    def cursors(self) -> dict[str, list[int]]:
+        return {}
+
+
+class CosinePairLoss:
+    """Mean squared error between the cosine similarity of a pair's pooled embeddings (the
+    head's features, through the task's adapter) and its target: SetFit's CosineSimilarityLoss."""
+
+    def __init__(self, model: MultiTaskModel, task: str, autocast) -> None:
+        self.model, self.task, self.autocast = model, task, autocast
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
+        x = batch.inputs
+        with self.autocast():
+            hidden = self.model.encode_through(self.model.tasks[self.task].adapter, x["input_ids"],
+                                               x["attention_mask"], x.get("token_type_ids"))
+            features = self.model.heads[self.task].features(hidden, x["attention_mask"]).float()
+        a, b = features.chunk(2)
+        similarity = torch.nn.functional.cosine_similarity(a, b)
+        return torch.nn.functional.mse_loss(similarity, x["target"]), 1.0

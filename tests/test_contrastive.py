@@ -1,0 +1,87 @@
+"""The contrastive stage of few-shot sentence tasks: SetFit's pair sampling, the cosine loss,
+and adapt running it (sentence tasks only) before the head is fitted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlp_mtl.backbone import load_encoder, load_tokenizer
+from nlp_mtl.config import load_task_spec
+from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task
+from nlp_mtl.fewshot.contrastive import CosinePairLoss, PairBatches
+from nlp_mtl.model import MultiTaskModel
+
+
+def _task(data_dir: Path, tiny_bert: Path, name: str):
+    return load_new_task(load_task_spec(data_dir / "specs" / f"{name}.yaml"), data_dir / "data",
+                         load_tokenizer(str(tiny_bert)))
+
+
+def test_pairs_follow_setfits_sampling(data_dir, tiny_bert):
+    task = _task(data_dir, tiny_bert, "toy_sent")
+    labels = np.asarray(task.encoded["train"].labels)
+    indices = [int(i) for c in (0, 1) for i in np.flatnonzero(labels == c)[:4]]
+    source = PairBatches(task, indices, iterations=3, batch_size=5, seed=0, pad_id=0, device=torch.device("cpu"))
+    pairs = [p for chunk in source.chunks for p in chunk]
+    assert len(pairs) == 3 * 2 * len(indices)  # per round, one positive and one negative per example
+    for a, b, target in pairs:
+        assert a in indices and b in indices
+        assert (labels[a] == labels[b]) == (target == 1.0)
+        assert target == 0.0 or a != b
+    batch = source.batch_at(0)
+    assert batch.inputs["input_ids"].shape[0] == 2 * len(source.chunks[0]) == batch.examples
+    assert "labels" not in batch.inputs and batch.inputs["target"].shape == (len(source.chunks[0]),)
+
+
+def test_cosine_loss_pulls_same_class_pairs_together(data_dir, tiny_bert):
+    task = _task(data_dir, tiny_bert, "toy_sent")
+    model = _bare_model(tiny_bert)
+    settings = AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=0)
+    few_shot_adapt(model, task, settings)  # leaves the task's fresh adapter and head in the model
+    labels = np.asarray(task.encoded["train"].labels)
+    indices = [int(i) for c in (0, 1) for i in np.flatnonzero(labels == c)[:6]]
+    source = PairBatches(task, indices, iterations=4, batch_size=8, seed=0, pad_id=0, device=torch.device("cpu"))
+    import contextlib
+
+    loss = CosinePairLoss(model, task.name, contextlib.nullcontext)
+    params = list(model.adapters[task.name].parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    model.train()
+    first = float(loss(source.batch_at(0))[0])
+    for step in range(len(source)):
+        value, _ = loss(source.batch_at(step))
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert float(loss(source.batch_at(0))[0]) < first
+
+
+def _bare_model(tiny_bert: Path) -> MultiTaskModel:
+    torch.manual_seed(0)
+    return MultiTaskModel(load_encoder(str(tiny_bert)), [], load_tokenizer(str(tiny_bert)))
+
+
+def test_adapt_runs_the_pair_stage_for_sentence_tasks_only(data_dir, tiny_bert):
+    sent = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                          AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2))
+    without = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                             AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=0))
+    # 8 examples x 2 rounds x 2 pairs = 32 pairs = 2 batches of 16, then the fine-tuning steps.
+    assert sent.seeds[0].steps == without.seeds[0].steps + 2
+    ner = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_ner"),
+                         AdaptSettings(shots=2, seeds=(1,), init="fresh", pair_rounds=2))
+    ner_without = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_ner"),
+                                 AdaptSettings(shots=2, seeds=(1,), init="fresh", pair_rounds=0))
+    assert ner.seeds[0].steps == ner_without.seeds[0].steps
+
+
+def test_pair_rounds_must_not_be_negative(capsys):
+    import pytest
+
+    from nlp_mtl.errors import UserError
+
+    with pytest.raises(UserError, match="--pair-rounds"):
+        AdaptSettings(pair_rounds=-1)
