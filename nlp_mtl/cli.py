@@ -116,9 +116,11 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--epochs", type=_positive_int, default=10, help="passes over the support set")
     p.add_argument("--max-steps", type=_positive_int, default=150, help="cap on optimizer steps per seed")
     p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")
-    p.add_argument("--pair-rounds", type=int, default=20, metavar="N",
-                   help="sentence tasks: rounds of contrastive pairs from the support set (SetFit's sampling) that "
-                        "train the adapter before the head is fitted (default 20; 0: none)")
+    p.add_argument("--pair-rounds", type=int, default=0, metavar="N",
+                   help="sentence tasks: N rounds of contrastive pairs from the support set (SetFit's sampling) that "
+                        "train the adapter (the encoder with --init full) before the head is fitted (default 0: none)")
+    p.add_argument("--pair-head-only", action="store_true",
+                   help="after the pairs, fine-tune the head alone, as SetFit fits only its classifier")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16", "auto"],
                    help="precision of the adaptation steps (auto: bf16 where the hardware has it natively)")
     p.add_argument("--test-limit", type=_positive_int, help="score on the first N test examples only")
@@ -351,7 +353,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                             mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds)
+                             mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds,
+                             pair_head_only=args.pair_head_only)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     from .run_dir import check_target

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Few-shot sentence classification: `adapt` against SetFit on the same support sets.
 
-    python scripts/fewshot_sentences.py --quick       # 3 seeds, 500 test sentences a task
+    python scripts/fewshot_sentences.py --quick --tasks trec_coarse sst2 --methods adapt "adapt + pairs" SetFit
+                                            # 3 seeds, 500 test sentences: 16 min on 2 cores
     python scripts/fewshot_sentences.py --json docs/fewshot-sentences.json   # 5 seeds, full test splits
 
 For each task, K and seed, one support set (K train examples per class, drawn by
 `nlp_mtl.fewshot.episodes.support_set`, as `nlp-mtl adapt` draws it) is given to every method:
 
 - `adapt`: `nlp-mtl adapt`'s default recipe with a fresh adapter on the pretrained embedded
-  MiniLM (a contrastive stage on support-set pairs, the prototype head, fine-tuning);
-- `adapt, no pairs`: the same with `--pair-rounds 0` (head and adapter fine-tuning only);
+  MiniLM (the prototype head, then head and adapter fine-tuning);
+- `adapt + pairs`: the same after `--pair-rounds 20`, the contrastive stage, on the adapter;
+- `full + pairs, head only`: `--init full --pair-rounds 20 --pair-head-only`, SetFit's recipe
+  inside adapt (pairs train the whole encoder, then only the head is fitted);
 - `SetFit` (when the `setfit` package is installed: `pip install -e ".[bench]"`): setfit's
   Trainer on the same encoder's sentence-transformers files, 20 pair iterations, 1 epoch,
   batch 16, logistic-regression head, its defaults otherwise.
@@ -33,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 TASKS = ["trec_coarse", "sst2", "trec_fine", "conll_entity_type"]
+# adapt's settings per method (SetFit runs the setfit package instead).
+METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
+           "full + pairs, head only": {"init": "full", "pair_rounds": 20, "pair_head_only": True}, "SetFit": None}
 
 
 def build_entity_type_task(directory: Path) -> Path:
@@ -63,13 +69,13 @@ def load_task(name: str, test_limit: int | None, tokenizer, built: Path):
     return load_new_task(load_task_spec(path), default_data_root(), tokenizer, test_limit)
 
 
-def adapt_scores(task, shots: int, seeds: list[int], pair_rounds: int, encoder_path: str) -> list[float]:
+def adapt_scores(task, shots: int, seeds: list[int], method: dict, encoder_path: str) -> list[float]:
     from nlp_mtl.backbone import load_encoder, load_tokenizer
     from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt
     from nlp_mtl.model import MultiTaskModel
 
     model = MultiTaskModel(load_encoder(encoder_path), [], load_tokenizer(encoder_path))
-    settings = AdaptSettings(shots=shots, seeds=tuple(seeds), init="fresh", pair_rounds=pair_rounds,
+    settings = AdaptSettings(shots=shots, seeds=tuple(seeds), **{"init": "fresh", **method},
                              allow_short_classes=True)  # TREC-50's rare classes: all they have, for every method
     summary = few_shot_adapt(model, task, settings)
     return [100 * r.metrics["macro_f1"] for r in summary.seeds]
@@ -91,9 +97,10 @@ def setfit_scores(task, shots: int, seeds: list[int], encoder_path: str) -> list
         support = datasets.Dataset.from_dict({"text": [train_rows[i]["text"] for i in indices],
                                               "label": [task.labels.index(train_rows[i]["label"]) for i in indices]})
         model = SetFitModel.from_pretrained(encoder_path)
-        args = TrainingArguments(batch_size=16, num_iterations=20, num_epochs=1, seed=seed, report_to="none",
-                                 show_progress_bar=False)
-        Trainer(model=model, args=args, train_dataset=support).train()
+        with tempfile.TemporaryDirectory() as tmp:  # setfit's checkpoints, otherwise ./checkpoints
+            args = TrainingArguments(output_dir=tmp, batch_size=16, num_iterations=20, num_epochs=1, seed=seed,
+                                     report_to="none", show_progress_bar=False)
+            Trainer(model=model, args=args, train_dataset=support).train()
         predicted = np.asarray(model.predict([r["text"] for r in test_rows], batch_size=128))
         gold = [task.labels.index(r["label"]) for r in test_rows]
         scores.append(100 * f1_score(gold, predicted, average="macro"))
@@ -107,7 +114,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, help="seeds 1..N (default 5, 3 with --quick)")
     parser.add_argument("--test-limit", type=int, help="score on the first N test sentences (default: all; 500 with --quick)")
-    parser.add_argument("--methods", nargs="+", default=["adapt", "adapt, no pairs", "SetFit"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--json", help="also write every score to this JSON file")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
@@ -137,7 +144,7 @@ def main() -> None:
                 if method == "SetFit":
                     scores = setfit_scores(task, shots, seeds, encoder_path)
                 else:
-                    scores = adapt_scores(task, shots, seeds, 0 if method == "adapt, no pairs" else 20, encoder_path)
+                    scores = adapt_scores(task, shots, seeds, METHODS[method], encoder_path)
                 out["scores"].setdefault(name, {}).setdefault(str(shots), {})[method] = scores
                 print(f"{name} K={shots} {method}: {np.mean(scores):.1f} ± {np.std(scores):.1f} "
                       f"({time.perf_counter() - started:.0f} s so far)", flush=True)

@@ -99,9 +99,10 @@ def train_one(task: str, bf16: bool, seed: int, limit: int | None = None) -> dic
     model_class = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
     model = model_class.from_pretrained(path, num_labels=len(labels))
     collator = (DataCollatorForTokenClassification if token else DataCollatorWithPadding)(tokenizer)
+    warmup = int(0.1 * EPOCHS[task] * -(-len(train_set) // 32))  # 10 % of the steps (no warmup_ratio in transformers 5)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=32, per_device_eval_batch_size=128,
-                                 num_train_epochs=EPOCHS[task], learning_rate=5e-5, warmup_ratio=0.1,
+                                 num_train_epochs=EPOCHS[task], learning_rate=5e-5, warmup_steps=warmup,
                                  weight_decay=0.01, seed=seed, report_to="none", save_strategy="no",
                                  logging_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
                                  bf16=bf16, dataloader_num_workers=0, **_group_by_length_kwargs(True))

@@ -86,8 +86,11 @@ class AdaptSettings:
     mixed_precision: str = "no"
     # Contrastive stage (tasks with one label per example): rounds of SetFit's pair sampling
     # (each support example paired with one of its class and one of another) that train the
-    # adapter before the head is fitted; 0 turns it off.
-    pair_rounds: int = 20
+    # adapter (the encoder with init 'full') before the head is fitted; 0 (default): none.
+    pair_rounds: int = 0
+    # After the contrastive stage, fine-tune the head alone (SetFit fits only its classifier
+    # on the trained embeddings) instead of head and adapter.
+    pair_head_only: bool = False
     # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
     # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
     allow_short_classes: bool = False
@@ -225,8 +228,9 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
                              lambda autocast: CosinePairLoss(model, task.name, autocast), len(pairs), task.name,
                              settings, curve)
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
-    groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr},
-              {"params": body, "lr": body_lr}]
+    groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
+    if not (steps and settings.pair_head_only):
+        groups.append({"params": body, "lr": body_lr})
     fine_tune = min(settings.max_steps, settings.epochs * math.ceil(len(indices) / settings.batch_size))
     steps += _run_engine(model, groups, SupportBatches(task, indices, settings.batch_size, fine_tune, seed, pad_id, device),
                          lambda autocast: TaskLoss(model, {task.name: 1.0}, device, autocast=autocast), fine_tune,
