@@ -85,3 +85,24 @@ def test_pair_rounds_must_not_be_negative(capsys):
 
     with pytest.raises(UserError, match="--pair-rounds"):
         AdaptSettings(pair_rounds=-1)
+
+
+def test_pair_head_only_freezes_the_adapter_after_the_pairs(data_dir, tiny_bert, monkeypatch):
+    from nlp_mtl.fewshot import adapt
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+    original = adapt._run_engine
+
+    def recording(model, *args, **kwargs):
+        steps = original(model, *args, **kwargs)
+        snapshots.append({k: v.detach().clone() for k, v in model.adapters["toy_sent"].state_dict().items()})
+        return steps
+
+    monkeypatch.setattr(adapt, "_run_engine", recording)
+    for head_only in (True, False):
+        snapshots.clear()
+        few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                       AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2, pair_head_only=head_only))
+        after_pairs, after_fine_tuning = snapshots
+        same = all(torch.equal(after_pairs[k], after_fine_tuning[k]) for k in after_pairs)
+        assert same == head_only
