@@ -108,7 +108,7 @@ def ner_rows(limit: int):
 LORA = {"type": "lora", "lr": 1e-3, "options": {
     "rank": 8, "alpha": 16, "target_modules": ["query", "key", "value", "attention_output", "intermediate", "ffn_output"]}}
 
-# LoRA where the peft reference put it: query and value only.
+# LoRA where peft's default for BERT puts it: query and value only.
 LORA_QV = {**LORA, "options": {**LORA["options"], "target_modules": ["query", "value"]}}
 
 
