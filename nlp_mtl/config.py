@@ -255,7 +255,7 @@ class TrainingConfig:
     # 'auto': bf16 where the hardware has it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), else fp32.
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     # torch.compile (inductor) the training step: forward, loss and backward. 'auto' compiles
-    # where it measured faster, compile time included: on CUDA GPUs, and in bf16 on CPUs.
+    # where it measured faster, compile time included: bf16 steps on CPUs (not measured on GPUs).
     compile: bool | Literal["auto"] = "auto"
     # Pad each batch's length up to a multiple of this (fewer distinct shapes to compile).
     pad_to_multiple_of: int = 1
