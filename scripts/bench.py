@@ -176,13 +176,7 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
     padding = "max_length" if mode == "pad to 128" else False
     enc = tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True, max_length=128,
                     padding=padding)
-    aligned = []
-    for i, row in enumerate(rows):  # the usual recipe: the label on each word's first sub-token
-        previous, ids = None, []
-        for word in enc.word_ids(i):
-            ids.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
-            previous = word
-        aligned.append(ids)
+    aligned = first_subtoken_labels(enc, rows, label2id)
     dataset = datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                                           "labels": aligned})
     real_tokens = sum(map(len, tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True,
@@ -210,6 +204,19 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
     # Real (unpadded) tokens estimated from the slice's mean length; the timed batches are not a
     # uniform draw (group_by_length sorts mega-batches longest first), so compare samples/s too.
     return {"samples_per_s": samples, "tokens_per_s": samples * real_tokens}
+
+
+def first_subtoken_labels(enc, rows, label2id: dict[str, int]) -> list[list[int]]:
+    """The usual Trainer recipe for token labels: each word's label on its first sub-token,
+    -100 (not scored) on the others and on special tokens."""
+    aligned = []
+    for i, row in enumerate(rows):
+        previous, ids = None, []
+        for word in enc.word_ids(i):
+            ids.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
+            previous = word
+        aligned.append(ids)
+    return aligned
 
 
 def _group_by_length_kwargs(on: bool) -> dict:

@@ -37,19 +37,14 @@ def load(task: str, limit: int | None):
 def encode(tokenizer, spec, rows, labels):
     import datasets
 
+    from bench import first_subtoken_labels  # scripts/ is on sys.path when this runs as a script
+
     index = {label: i for i, label in enumerate(labels)}
     if spec.type == "token_classification":
         enc = tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True,
                         max_length=spec.max_length)
-        aligned = []
-        for i, row in enumerate(rows):
-            previous, ids = None, []
-            for word in enc.word_ids(i):
-                ids.append(-100 if word is None or word == previous else index[row["tags"][word]])
-                previous = word
-            aligned.append(ids)
         return datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                                           "labels": aligned}), enc
+                                           "labels": first_subtoken_labels(enc, rows, index)}), enc
     enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=spec.max_length)
     return datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                                        "labels": [index[r["label"]] for r in rows]}), enc

@@ -93,8 +93,12 @@ def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int,
     }
     if split.token_type_ids is not None:
         batch["token_type_ids"] = torch.from_numpy(split.token_type_ids.pad(indices, width, 0))
-    if isinstance(split.labels, Ragged):
-        batch["labels"] = torch.from_numpy(split.labels.pad(indices, width, -100))
-    else:
-        batch["labels"] = torch.from_numpy(split.labels[np.asarray(indices)].astype(np.int64))
+    batch["labels"] = collate_labels(split, indices, width)
     return batch
+
+
+def collate_labels(split: EncodedSplit, indices: Sequence[int], width: int) -> torch.Tensor:
+    """The labels of the examples at ``indices``; token labels padded to ``width`` with -100."""
+    if isinstance(split.labels, Ragged):
+        return torch.from_numpy(split.labels.pad(indices, width, -100))
+    return torch.from_numpy(split.labels[np.asarray(indices)].astype(np.int64))

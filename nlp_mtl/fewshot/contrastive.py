@@ -33,11 +33,12 @@ class PairBatches:
         self.split, self.name, self.pad_id, self.device = task.encoded["train"], task.name, pad_id, device
         labels = np.asarray(self.split.labels)[indices]
         rng = np.random.default_rng(seed + 104729)  # apart from the support-set and batch-order draws
+        # Partners listed once per example, not per example and round (TREC-50: ~700 examples).
+        partners = [([j for j, l in zip(indices, labels) if l == label and j != i] or [i],
+                     [j for j, l in zip(indices, labels) if l != label]) for i, label in zip(indices, labels)]
         pairs: list[tuple[int, int, float]] = []
         for _ in range(iterations):
-            for i, label in zip(indices, labels):
-                same = [j for j, l in zip(indices, labels) if l == label and j != i] or [i]
-                other = [j for j, l in zip(indices, labels) if l != label]
+            for i, (same, other) in zip(indices, partners):
                 pairs.append((i, int(rng.choice(same)), 1.0))
                 if other:
                     pairs.append((i, int(rng.choice(other)), 0.0))

@@ -22,7 +22,7 @@ import torch
 
 from ..backbone import load_backbone, resolve_backbone
 from ..config import AdapterConfig, ExperimentConfig, TaskSpec, TrainingConfig, cache_dir, data_root, load_tasks
-from ..data.encoding import collate
+from ..data.encoding import collate, collate_labels
 from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
@@ -172,9 +172,9 @@ class TaskBatches:
         split = self.splits[unit.members[0]]
         indices = self.batches[unit.name].next_shard(self.rank)
         inputs = collate(split, indices, self.pad_id, self.multiple_of)
-        if unit.shared:
-            inputs["labels"] = {m: collate(self.splits[m], indices, self.pad_id, self.multiple_of)["labels"]
-                                for m in unit.members}
+        if unit.shared:  # the members' inputs are the same: only their labels are padded again
+            width = inputs["input_ids"].shape[1]
+            inputs["labels"] = {m: collate_labels(self.splits[m], indices, width) for m in unit.members}
         return Batch(unit.name, _to_device(inputs, self.device), len(indices), int(split.lengths[indices].sum()))
 
     def cursors(self) -> dict[str, list[int]]:
