@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
+from .clipping import GradientClipper
+
 
 @dataclass
 class EngineState:
@@ -101,7 +103,8 @@ class Engine:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.source, self.loss_fn, self.guard = source, loss_fn, guard
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
-        self.total_steps, self.max_grad_norm = total_steps, max_grad_norm
+        self.total_steps = total_steps
+        self.clipper = GradientClipper(accelerator, model, optimizer, max_grad_norm)
         self.accumulation = accelerator.gradient_accumulation_steps
         self.state = state or EngineState()
         self.should_stop = False  # set by a callback (early stopping) to end after this step
@@ -129,10 +132,11 @@ class Engine:
                 self.optimizer.zero_grad(set_to_none=True)
                 return MicroBatch(task, loss.detach(), examples, tokens, skipped=True)
             self.accelerator.backward(loss * weight)
-            if self.accelerator.sync_gradients and self.max_grad_norm > 0:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            if self.accelerator.sync_gradients:
+                self.clipper.clip()
             self.optimizer.step()  # a no-op on accumulation micro-steps (accelerate skips it)
             if self.accelerator.sync_gradients:
+                self.clipper.release()
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return MicroBatch(task, loss.detach(), examples, tokens)
