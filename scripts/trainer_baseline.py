@@ -104,7 +104,12 @@ def train_one(task: str, bf16: bool, seed: int, limit: int | None = None) -> dic
         trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator)
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.train()
-            predictions = trainer.predict(test_set).predictions
+            # A Trainer with group_by_length length-groups its prediction order too (transformers 5),
+            # so predictions would not line up with the test rows: predict with one that does not.
+            plain = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=128, report_to="none",
+                                      disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=bf16,
+                                      dataloader_num_workers=0)
+            predictions = Trainer(model=trainer.model, args=plain, data_collator=collator).predict(test_set).predictions
     if token:  # padded per eval batch to different widths: cut each row back to its length
         predictions = [p[: len(ids)] for p, ids in zip(predictions, test_set["input_ids"])]
     return {"test": score(spec, test_rows, labels, predictions, test_enc), "seconds": time.perf_counter() - started,
