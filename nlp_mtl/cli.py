@@ -121,6 +121,9 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
                         "train the adapter (the encoder with --init full) before the head is fitted (default 0: none)")
     p.add_argument("--pair-head-only", action="store_true",
                    help="after the pairs, fine-tune the head alone, as SetFit fits only its classifier")
+    p.add_argument("--update", default="recipe", choices=["recipe", "rule"],
+                   help="recipe (default): adapt by the AdamW recipe above. rule: an init meta-trained with "
+                        "meta.learn_inner_lr starts as trained and adapts by its learnt update rule instead")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16", "auto"],
                    help="precision of the adaptation steps (auto: bf16 where the hardware has it natively)")
     p.add_argument("--test-limit", type=_positive_int, help="score on the first N test examples only")
@@ -354,7 +357,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                              mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds,
-                             pair_head_only=args.pair_head_only)
+                             pair_head_only=args.pair_head_only, update=args.update)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     from .run_dir import check_target
@@ -370,7 +373,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             raise UserError(f"--save {save}: exists; pass --overwrite to replace a task package there.")
 
     def show(result) -> None:
-        print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps; "
+        how = " by the init's learnt update rule" if result.update != "recipe" else ""
+        print(f"\n=== seed {result.seed}: {result.support_size} support examples, {result.steps} steps{how}; "
               f"per class {result.per_class}\n{result.report}")
 
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,

@@ -419,6 +419,13 @@ class MetaConfig:
     inner_lr: float = 0.05
     # Learning rate of the outer (meta) update of the adapter initialisation.
     outer_lr: float = 5e-4
+    # Meta-SGD: learn the update as well as the start. Every adapter tensor (and the episode
+    # head's weights and biases) gets its own inner learning rate, starting at inner_lr and
+    # learnt in the outer loop; `adapt --update rule` then adapts by this rule (inner_steps
+    # full-batch SGD steps at the learnt rates) instead of its AdamW recipe. Not with reptile.
+    learn_inner_lr: bool = False
+    # Outer learning rate of the learnt rates' logarithms (a step of 0.01 changes a rate by 1 %).
+    inner_lr_outer_lr: float = 0.01
     # Episodes (one task each) averaged into one outer update.
     meta_batch: int = 2
     # The adapter initialisation to start from: a run directory and its adapter group, e.g. a
@@ -445,7 +452,10 @@ class MetaConfig:
                 raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
         if not 2 <= self.min_ways <= self.ways:
             raise ConfigError(f"{where}: expected 2 <= min_ways <= ways, got min_ways {self.min_ways}, ways {self.ways}.")
-        for key in ("inner_lr", "outer_lr"):
+        if self.learn_inner_lr and self.algorithm == "reptile":
+            raise ConfigError(f"{where}.learn_inner_lr: needs a gradient through the inner steps (fomaml or maml); "
+                              "reptile's outer update has none.")
+        for key in ("inner_lr", "outer_lr", "inner_lr_outer_lr"):
             if not 0 < getattr(self, key) <= 10:
                 raise ConfigError(f"{where}.{key}: expected a learning rate in (0, 10], got {getattr(self, key)}.")
         if not 0 <= self.masked_words <= 1:

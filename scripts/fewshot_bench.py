@@ -13,6 +13,9 @@ from each of:
   (d) full    full fine-tuning of the encoder (no adapter)
   (e) auto    `adapt --init auto` (adapt's default): per seed, (c) or (a), whichever adapts
               better in 2-fold cross-validation on the support set
+  (g) metasgd (2) with `meta.learn_inner_lr` (Meta-SGD): the start and a learning rate per
+              adapter tensor, meta-learnt together; `adapt --update rule` starts there, unscaled,
+              and adapts by the learnt rule (inner-steps full-batch SGD steps), not the AdamW recipe
   (f) setfit  SetFit on the pretrained encoder, same support sets (sentence tasks only; needs the
               `bench` extra: pip install -e ".[bench]"), as scripts/fewshot_sentences.py runs it
 (b), (c) and (e) start from their trained adapter's delta times --init-scale (default 0.5,
@@ -35,6 +38,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +54,16 @@ SPLITS = {
     "syntax_sst2": (["conll2003_pos", "conll2003_chunk", "sst2"], ["conll2003_ner", "trec_coarse"]),
     "ner_pos_trecfine": (["conll2003_ner", "conll2003_pos", "trec_fine"], ["conll2003_chunk", "sst2"]),
 }
-INITS = ("fresh", "mtl", "meta", "full", "auto", "setfit")
+INITS = ("fresh", "mtl", "meta", "full", "auto", "metasgd", "setfit")
 
 
-def meta_name(args: argparse.Namespace) -> str:
+def meta_name(args: argparse.Namespace, learn_rule: bool = False) -> str:
     """Meta-learned inits made with different settings are kept apart and reused."""
     name = f"meta_{args.algorithm}_{args.meta_episodes}ep_{args.inner_steps}in"
-    return name + (f"_mw{args.masked_words:g}" if args.masked_words else "")
+    return name + (f"_mw{args.masked_words:g}" if args.masked_words else "") + ("_metasgd" if learn_rule else "")
 
 
-def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path]:
     from nlp_mtl.config import ExperimentConfig
     from nlp_mtl.fewshot.meta import meta_train
     from nlp_mtl.run_dir import RunDir
@@ -83,17 +87,21 @@ def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path
     if args.data_root:
         base["data"]["root"] = args.data_root
     config = from_mapping(ExperimentConfig, base, "fewshot_bench")
-    mtl, meta = RunDir(work / "mtl"), RunDir(work / meta_name(args))
+    mtl, meta, metasgd = RunDir(work / "mtl"), RunDir(work / meta_name(args)), RunDir(work / meta_name(args, True))
     if not mtl.finished_path.exists():
         started = time.perf_counter()
         train(config, mtl, quiet=not args.verbose, overwrite=True)
         print(f"[{split}] multi-task shared adapter: {args.mtl_steps} steps, {time.perf_counter() - started:.0f} s")
-    if not meta.finished_path.exists():
-        result = meta_train(config, meta, quiet=not args.verbose, overwrite=True)
+    stages = [(meta, config, {"meta", "auto"})]
+    stages.append((metasgd, replace(config, meta=replace(config.meta, learn_inner_lr=True)), {"metasgd"}))
+    for run, stage_config, used_by in stages:
+        if run.finished_path.exists() or not used_by & set(args.inits):
+            continue
+        result = meta_train(stage_config, run, quiet=not args.verbose, overwrite=True)
         first, last = result.history[0], result.history[-1]
-        print(f"[{split}] meta-training ({args.algorithm}, {args.meta_episodes} episodes): {result.seconds:.0f} s; "
+        print(f"[{split}] meta-training ({run.path.name}, {args.meta_episodes} episodes): {result.seconds:.0f} s; "
               f"query acc after adaptation {first['query_acc_after']:.3f} -> {last['query_acc_after']:.3f}")
-    return mtl.path, meta.path
+    return mtl.path, meta.path, metasgd.path
 
 
 def run_split(split: str, args: argparse.Namespace) -> list[dict]:
@@ -102,11 +110,11 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     from nlp_mtl.model import MultiTaskModel
 
     work = Path(args.work_dir) / split
-    mtl_dir, meta_dir = train_stages(split, args, work)
+    mtl_dir, meta_dir, metasgd_dir = train_stages(split, args, work)
     root = Path(args.data_root).resolve() if args.data_root else default_data_root()
     held_out = args.tasks or SPLITS[split][1]
     sources = {"fresh": (mtl_dir, "fresh"), "mtl": (mtl_dir, "shared"), "meta": (meta_dir, "meta"),
-               "full": (mtl_dir, "full"), "auto": (meta_dir, "auto")}
+               "full": (mtl_dir, "full"), "auto": (meta_dir, "auto"), "metasgd": (metasgd_dir, "meta")}
     rows = []
     for init in args.inits:
         if init == "setfit":
@@ -119,7 +127,8 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
                                          init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps,
-                                         batch_size=args.batch_size, allow_short_classes=True)
+                                         batch_size=args.batch_size, allow_short_classes=True,
+                                         update="rule" if init == "metasgd" else "recipe")
                 summary = few_shot_adapt(model, task, settings, source=str(source))
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
@@ -165,7 +174,7 @@ def setfit_rows(split: str, held_out: list[str], root: Path, args: argparse.Name
 
 def table(rows: list[dict]) -> str:
     names = {"fresh": "fresh adapter (a)", "mtl": "MTL adapter (b)", "meta": "meta-learned (c)", "full": "full FT (d)",
-             "auto": "auto: (c) or (a) (e)", "setfit": "SetFit (f)"}
+             "auto": "auto: (c) or (a) (e)", "setfit": "SetFit (f)", "metasgd": "Meta-SGD (g)"}
     present = {r["init"] for r in rows}  # e.g. 'meta x0.5': the bench's init, then adapt's scale suffix
     labels = sorted(present, key=lambda label: (INITS.index(label.split(" ")[0]), label))
 

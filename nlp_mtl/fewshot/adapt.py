@@ -65,6 +65,7 @@ from .prototypes import init_head_from_prototypes, labelled_features
 
 DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 PRECISIONS = ("no", "bf16", "fp16", "auto")
+UPDATES = ("recipe", "rule")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class AdaptSettings:
     # 'auto': the run's 'meta' adapter (else its only adapter group) or a fresh one, chosen per
     # seed by cross-validation on the support set; 'trained': the former without choosing.
     init: str = "auto"
-    # A trained init starts from its delta times this (1: as trained, 0: the bare encoder).
+    # A trained init starts from its delta times this (1: as trained, 0: the bare encoder);
+    # with update 'rule' an init that has a learnt rule starts as trained.
     init_scale: float = 0.5
     epochs: int = 10
     max_steps: int = 150
@@ -94,6 +96,10 @@ class AdaptSettings:
     # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
     # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
     allow_short_classes: bool = False
+    # recipe: the AdamW recipe above, whatever the init. rule: an init meta-trained with
+    # meta.learn_inner_lr starts unscaled and adapts by its learnt update rule instead (its
+    # inner steps, full-batch SGD at the learnt rates); inits without one keep the recipe.
+    update: str = "recipe"
 
     def __post_init__(self) -> None:
         # Checked here, before a run or its data is loaded.
@@ -105,6 +111,8 @@ class AdaptSettings:
             raise UserError(f"--mixed-precision: expected one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         if not self.lr <= 1:  # NaN too
             raise UserError(f"--lr: expected a learning rate of at most 1, got {self.lr:g}.")
+        if self.update not in UPDATES:
+            raise UserError(f"--update: expected one of {', '.join(UPDATES)}, got {self.update!r}.")
         if self.pair_rounds < 0:
             raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
@@ -159,6 +167,8 @@ class SeedResult:
     # The support-set loss (and throughput) about every tenth of the steps: metrics.jsonl's
     # "train" records, for this seed's adaptation.
     curve: list[dict[str, Any]] = field(default_factory=list)
+    # How the adapter was trained: adapt's recipe, or the init's meta-learnt update rule.
+    update: str = "recipe"
 
 
 def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
@@ -178,13 +188,15 @@ def _support_features(model: MultiTaskModel, task: PreparedTask, indices: list[i
 
 
 def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: str, device: torch.device,
-           init_scale: float) -> None:
+           settings: AdaptSettings) -> None:
     """A new head for the task and, unless ``init`` is 'full', a new adapter group (fresh, or a
-    copy of ``init`` with its delta times ``init_scale``)."""
+    copy of ``init`` with its delta times ``settings.init_scale``)."""
     if init != "full":
         group = model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
-        if init != "fresh":
-            group.scale_(init_scale)
+        if init != "fresh" and not _by_rule(group, settings):
+            # A start adapted by its learnt update rule is used as meta-trained: the rule was
+            # learnt for that start, not for a shrunk one.
+            group.scale_(settings.init_scale)
     model.add_task(info)
     model.heads[task.name].to(device)
 
@@ -218,8 +230,9 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
                full: bool, pad_id: int, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
     """The contrastive stage (sentence tasks), the prototype head, then the adaptation recipe
     on ``indices``, each on the training engine; returns the optimizer steps and the loss curve."""
-    body = list(model.encoder.parameters()) if full else list(model.adapters[task.name].parameters())
+    body = list(model.encoder.parameters()) if full else model.adapters[task.name].delta_parameters()
     body_lr = settings.encoder_lr if full else settings.lr
+    rule = model.adapters[task.name].update_rule if not full and _by_rule(model.adapters[task.name], settings) else None
     curve = RecordList()
     steps = 0
     if settings.pair_rounds and one_label_per_example(task):
@@ -228,14 +241,32 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
                              lambda autocast: CosinePairLoss(model, task.name, autocast), len(pairs), task.name,
                              settings, curve)
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
+
+    def loss(autocast: Any) -> TaskLoss:
+        return TaskLoss(model, {task.name: 1.0}, device, autocast=autocast)
+
+    if rule is not None:
+        # A meta-learnt update rule: the update meta-training optimised, as it ran there
+        # (full-batch SGD, the learnt rate per tensor, its number of steps, no clipping).
+        tensors = ([(f"deltas.{n}", p) for n, p in model.adapters[task.name].deltas.named_parameters()]
+                   + [(f"head.{n}", p) for n, p in model.heads[task.name].named_parameters()])
+        groups = [{"params": [p], "lr": float(rule.rate(n, p).detach())} for n, p in tensors]
+        rule_steps = int(rule.steps)
+        steps += _run_engine(model, groups, SupportBatches(task, indices, len(indices), rule_steps, seed, pad_id, device),
+                             loss, rule_steps, task.name, settings, curve, sgd=True)
+        return steps, curve.records
     groups = [{"params": list(model.heads[task.name].parameters()), "lr": settings.lr}]
     if not (steps and settings.pair_head_only):
         groups.append({"params": body, "lr": body_lr})
     fine_tune = min(settings.max_steps, settings.epochs * math.ceil(len(indices) / settings.batch_size))
     steps += _run_engine(model, groups, SupportBatches(task, indices, settings.batch_size, fine_tune, seed, pad_id, device),
-                         lambda autocast: TaskLoss(model, {task.name: 1.0}, device, autocast=autocast), fine_tune,
-                         task.name, settings, curve)
+                         loss, fine_tune, task.name, settings, curve)
     return steps, curve.records
+
+
+def _by_rule(group: Any, settings: AdaptSettings) -> bool:
+    """Whether this adapter group adapts by its learnt update rule."""
+    return settings.update == "rule" and group.update_rule is not None
 
 
 def one_label_per_example(task: PreparedTask) -> bool:
@@ -245,10 +276,10 @@ def one_label_per_example(task: PreparedTask) -> bool:
 
 
 def _run_engine(model: MultiTaskModel, groups: list[dict[str, Any]], source: Any, loss: Any, steps: int, name: str,
-                settings: AdaptSettings, curve: RecordList) -> int:
-    """``steps`` optimizer steps of AdamW at constant rates over ``groups``; the loss curve
-    (about every tenth of the steps) goes into ``curve``."""
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+                settings: AdaptSettings, curve: RecordList, sgd: bool = False) -> int:
+    """``steps`` optimizer steps of AdamW (clipped at norm 1), or with ``sgd`` of plain SGD, at
+    constant rates over ``groups``; the loss curve (about every tenth of the steps) goes into ``curve``."""
+    optimizer = torch.optim.SGD(groups) if sgd else torch.optim.AdamW(groups, weight_decay=0.01)
     # The model stays where adapt put it (its device), so only the precision is accelerate's.
     accelerator, _ = make_accelerator(settings.mixed_precision, 1, Path(os.devnull), [])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -256,7 +287,7 @@ def _run_engine(model: MultiTaskModel, groups: list[dict[str, Any]], source: Any
                     NonFiniteGuard("stop", JsonlLog(Path(os.devnull), False),
                                    lambda: "this seed's adaptation is dropped", "--lr"),
                     [ThroughputMeter(), LossLogger([name], max(1, steps // 10), curve, trackers=False)],
-                    steps, max_grad_norm=1.0)
+                    steps, max_grad_norm=0.0 if sgd else 1.0)
     return engine.fit().step
 
 
@@ -297,7 +328,7 @@ def choose_init(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, c
         folds = []
         for train_half, held_out in (halves, halves[::-1]):
             torch.manual_seed(seed)
-            _start(model, task, info, init, device, settings.init_scale)
+            _start(model, task, info, init, device, settings)
             _fine_tune(model, task, train_half, settings, seed, False, pad_id, device)
             folds.append(_support_score(model, task, held_out, fewshot_metric(task), pad_id, device))
         scores[init] = float(np.mean(folds))
@@ -323,10 +354,12 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
         if len(candidates) > 1:
             init, selection = choose_init(model, task, info, candidates, indices, seed, settings, pad_id, device)
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
-    _start(model, task, info, init, device, settings.init_scale)
+    _start(model, task, info, init, device, settings)
     steps, curve = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
-    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection, curve)
+    ruled = init != "full" and _by_rule(model.adapters[task.name], settings)
+    return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection, curve,
+                      "learnt update rule" if ruled else "recipe")
 
 
 @dataclass
@@ -383,7 +416,11 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     model = prepare_model(model)
     candidates = resolve_init(model, settings.init)
     init = "auto" if len(candidates) > 1 else candidates[0]
-    scaled = any(c not in ("fresh", "full") for c in candidates)
+    scaled = any(c not in ("fresh", "full") and not _by_rule(model.adapters[c], settings) for c in candidates)
+    if settings.update == "rule" and not any(c in model.adapters and model.adapters[c].update_rule is not None
+                                             for c in candidates):
+        raise UserError(f"--update rule: no learnt update rule in {source or 'this model'} for --init {settings.init} "
+                        "(meta-train with meta.learn_inner_lr: true makes one, in adapter group 'meta').")
     if task.name in model.tasks or task.name in model.adapters:
         raise UserError(f"task '{task.name}' is already in {source or 'this model'}; adapt is for a new task "
                         "(give the spec another name).")

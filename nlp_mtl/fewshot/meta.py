@@ -32,6 +32,7 @@ from ..data.encoding import collate
 from ..data.pipeline import PreparedTask
 from ..errors import ConfigError, UserError
 from ..model import AdapterSetup, MultiTaskModel
+from ..model.adapters import UpdateRule
 from ..model.heads import Head
 from ..registry import HEADS
 from ..training.accelerator import make_accelerator
@@ -142,19 +143,33 @@ class EpisodeResult:
 
 
 def run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: dict[str, torch.Tensor],
-                query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig) -> EpisodeResult:
-    """Adapt to one episode from ``init`` (the adapter initialisation) and return its outer gradient."""
+                query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig,
+                rule: UpdateRule | None = None) -> EpisodeResult:
+    """Adapt to one episode from ``init`` (the adapter initialisation) and return its outer
+    gradient; with a learnt update ``rule``, its rates' gradients too (named as in ``rule_names``)."""
     if mc.algorithm == "maml":
         # The fused attention kernels have no double backward; the plain one does.
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.MATH):
-            return _run_episode(module, init, support, query, num_labels, mc)
-    return _run_episode(module, init, support, query, num_labels, mc)
+            return _run_episode(module, init, support, query, num_labels, mc, rule)
+    return _run_episode(module, init, support, query, num_labels, mc, rule)
+
+
+def rule_names(rule: UpdateRule) -> dict[str, nn.Parameter]:
+    return dict(rule.log_rates.named_parameters(prefix=f"model.adapters.{META_GROUP}.update_rule.log_rates"))
+
+
+def _step_size(rule: UpdateRule | None, name: str, tensor: torch.Tensor, fixed: float) -> Any:
+    """The inner learning rate of ``tensor`` (named as in functional_call): fixed, or the rule's."""
+    if rule is None:
+        return fixed
+    return rule.rate(name.removeprefix(f"model.adapters.{META_GROUP}."), tensor)
 
 
 def _run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: dict[str, torch.Tensor],
-                 query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig) -> EpisodeResult:
+                 query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig,
+                 rule: UpdateRule | None) -> EpisodeResult:
     second_order = mc.algorithm == "maml"
     keep_graph = mc.algorithm != "reptile"
     # The head starts from the support set's prototypes. Except for Reptile, the outer gradient
@@ -177,17 +192,21 @@ def _run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: d
         loss, _ = functional_call(module, at, kwargs=support)
         names = list(at)
         grads = torch.autograd.grad(loss, [at[n] for n in names], create_graph=second_order, allow_unused=True)
-        fast = {n: (fast[n] - mc.inner_lr * g if g is not None else fast[n]) for n, g in zip(names, grads)}
-    names = list(init)
+        # With a learnt rule the rates stay in the graph: the query loss's gradient reaches them
+        # through every step (first order too: only the inner gradients g are constants there).
+        fast = {n: (fast[n] - _step_size(rule, n, fast[n], mc.inner_lr) * g if g is not None else fast[n])
+                for n, g in zip(names, grads)}
+    learnt = {**init, **(rule_names(rule) if rule is not None else {})}
+    names = list(learnt)
     if mc.algorithm == "reptile":
         with torch.no_grad():
             loss_after, logits = functional_call(module, fast, kwargs=query)
-        outer = [(init[n] - fast[n]).detach() for n in names]
+        outer = [(init[n] - fast[n]).detach() for n in init]
     else:
         loss_after, logits = functional_call(module, fast, kwargs=query)
-        outer = list(torch.autograd.grad(loss_after, [init[n] for n in names], allow_unused=True))
+        outer = list(torch.autograd.grad(loss_after, [learnt[n] for n in names], allow_unused=True))
     acc_after = accuracy(logits.detach(), query["labels"])
-    grads = {n: (g if g is not None else torch.zeros_like(init[n])) for n, g in zip(names, outer)}
+    grads = {n: (g if g is not None else torch.zeros_like(learnt[n])) for n, g in zip(names, outer)}
     return EpisodeResult(grads, float(loss_before), float(loss_after.detach()), acc_before, acc_after)
 
 
@@ -266,7 +285,14 @@ class EpisodeLoss:
 
     def __init__(self, model: MultiTaskModel, mc: MetaConfig, accelerator: Any) -> None:
         self.model, self.mc, self.accelerator = model, mc, accelerator
-        self.init = dict(model.adapters[META_GROUP].named_parameters(prefix=f"model.adapters.{META_GROUP}"))
+        group = model.adapters[META_GROUP]
+        # The adapter's weights (what the inner loop adapts) and, with a learnt rule, its rates:
+        # together, what the outer step learns.
+        self.init = dict(group.deltas.named_parameters(prefix=f"model.adapters.{META_GROUP}.deltas"))
+        if not mc.learn_inner_lr:
+            group.update_rule = None  # a rule that came with meta.init_from was learnt for that start, not this one
+        self.rule = group.learn_update_rule(mc.inner_lr, mc.inner_steps) if mc.learn_inner_lr else None
+        self.learnt = {**self.init, **(rule_names(self.rule) if self.rule is not None else {})}
         self.results: list[tuple[str, EpisodeResult]] = []
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
@@ -276,13 +302,13 @@ class EpisodeLoss:
                                              episode.head_options, f"{episode.source}.head").to(device)
         with self.accelerator.autocast():
             result = run_episode(EpisodeModel(self.model, head, META_GROUP), self.init, episode.support,
-                                 episode.query, episode.num_labels, self.mc)
-        grads = [result.grads[n].detach() for n in self.init]
+                                 episode.query, episode.num_labels, self.mc, self.rule)
+        grads = [result.grads[n].detach() for n in self.learnt]
         if self.accelerator.num_processes > 1:
             # One all-reduce of the whole outer gradient, not one per adapter tensor.
             flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
             grads = [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
-        surrogate = sum((p * g.to(p.dtype)).sum() for p, g in zip(self.init.values(), grads))
+        surrogate = sum((p * g.to(p.dtype)).sum() for p, g in zip(self.learnt.values(), grads))
         self.results.append((episode.source, result))
         query_loss = torch.tensor(result.query_loss_after, device=device)
         return surrogate - surrogate.detach() + query_loss, 1.0
@@ -368,7 +394,10 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     loss = EpisodeLoss(model, mc, accelerator)
     # Only the optimizer is prepared: there is no model-level all-reduce to do, since
     # EpisodeLoss averages the outer gradient over the processes itself.
-    optimizer = accelerator.prepare(torch.optim.Adam(loss.init.values(), lr=mc.outer_lr))
+    groups = [{"params": list(loss.init.values()), "lr": mc.outer_lr}]
+    if loss.rule is not None:
+        groups.append({"params": list(loss.rule.parameters()), "lr": mc.inner_lr_outer_lr})
+    optimizer = accelerator.prepare(torch.optim.Adam(groups))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     log = JsonlLog(metrics_path or Path(os.devnull), main and metrics_path is not None)
     state = EngineState()
@@ -438,6 +467,11 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
         say(f"query accuracy after adaptation: {100 * first['query_acc_after']:.1f}% (first {mc.log_every} steps) "
             f"-> {100 * last['query_acc_after']:.1f}% (last); before adaptation "
             f"{100 * first['query_acc_before']:.1f}% -> {100 * last['query_acc_before']:.1f}%")
+    rule = model.adapters[META_GROUP].update_rule
+    if rule is not None:
+        rates = sorted(rule.rates().values())
+        say(f"learnt update rule: {int(rule.steps)} SGD steps, inner learning rates {rates[0]:.3g} to {rates[-1]:.3g} "
+            f"(median {rates[len(rates) // 2]:.3g}; started at {mc.inner_lr:g}); adapt --init {META_GROUP} adapts by it")
     result.run_dir, result.seconds = run.path, time.perf_counter() - started
     if accelerator.is_main_process:
         run.mark_finished(result.seconds)

@@ -215,14 +215,69 @@ def module_key(name: str) -> str:
     return name.replace(".", "__")
 
 
+class UpdateRule(nn.Module):
+    """A meta-learned update rule (Meta-SGD, Li et al. 2017): a learning rate per adapter tensor
+    and per head tensor, kept as its logarithm so that it stays positive, and the number of
+    full-batch SGD steps it was meta-trained for. ``nlp-mtl adapt`` adapts a group that carries
+    one with exactly that update instead of its AdamW recipe."""
+
+    def __init__(self, names: list[str], rate: float, steps: int) -> None:
+        super().__init__()
+        self.log_rates = nn.ParameterDict({rule_key(n): nn.Parameter(torch.tensor(math.log(rate))) for n in names})
+        self.register_buffer("steps", torch.tensor(steps, dtype=torch.int64))
+
+    def rate(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The learning rate of ``tensor``, named 'deltas.<layer>.<weight>' or 'head.<weight>';
+        differentiable, so meta-training learns it. Heads differ from episode to episode (token,
+        sequence, pooled by [CLS]), so all their matrices share one rate and all their biases another."""
+        if name.startswith("head."):
+            name = "head.weight" if tensor.dim() >= 2 else "head.bias"
+        return self.log_rates[rule_key(name)].exp()
+
+    def rates(self) -> dict[str, float]:
+        return {k: float(v.detach().exp()) for k, v in self.log_rates.items()}
+
+
+def rule_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
 class AdapterSet(nn.Module):
-    """One group's adapters: a delta module per target layer."""
+    """One group's adapters: a delta module per target layer, and, after meta-training with a
+    learned update rule (``meta.learn_inner_lr``), that rule (else None)."""
 
     def __init__(self, encoder: nn.Module, adapter_type: str, options: Any, targets: list[str]) -> None:
         super().__init__()
         kind = ADAPTERS.get(adapter_type)
         modules = dict(encoder.named_modules())
         self.deltas = nn.ModuleDict({module_key(name): kind.build(modules[name], options) for name in targets})
+        self.update_rule: UpdateRule | None = None
+
+    def learn_update_rule(self, rate: float, steps: int) -> UpdateRule:
+        """Give the group an update rule starting at ``rate`` for every tensor, for ``steps``
+        inner steps. A group that has one keeps its rates (a meta-run resumed, or started from a
+        learnt group, goes on learning them)."""
+        if self.update_rule is None:
+            names = [f"deltas.{n}" for n, _ in self.deltas.named_parameters()] + ["head.weight", "head.bias"]
+            device = next(self.deltas.parameters()).device
+            self.update_rule = UpdateRule(names, rate, steps).to(device)
+        self.update_rule.steps.fill_(steps)
+        return self.update_rule
+
+    def delta_parameters(self) -> list[nn.Parameter]:
+        """The adapter's weights, without its update rule's rates: what adaptation trains."""
+        return list(self.deltas.parameters())
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # A saved group with an update rule brings it along: made here so that the tensors fit.
+        prefix = "update_rule.log_rates."
+        names = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+        if names and self.update_rule is None:
+            self.update_rule = UpdateRule([], 1.0, int(state_dict.get("update_rule.steps", 1)))
+            for key in names:
+                self.update_rule.log_rates[key] = nn.Parameter(torch.zeros(()))
+            self.update_rule.to(next(self.deltas.parameters()).device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def scale_(self, factor: float) -> None:
         """Scale every delta by ``factor``: 1 keeps the adapter, 0 gives the bare encoder, and
