@@ -148,3 +148,15 @@ def write_experiment(tmp_path: Path, backbone: Path, tasks: list[str], **trainin
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+def write_meta_experiment(tmp_path: Path, backbone: Path, **meta: object) -> Path:
+    """An experiment over toy_ner and toy_sent with a LoRA adapter and a short ``meta:`` section."""
+    import yaml
+
+    config = write_experiment(tmp_path, backbone, ["toy_ner", "toy_sent"])
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
+    raw["meta"] = {"episodes": 8, "shots": 3, "query_shots": 3, "inner_steps": 2, "log_every": 2, **meta}
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+

@@ -16,7 +16,7 @@ from nlp_mtl.data.encoding import EncodedSplit, Ragged
 from nlp_mtl.fewshot.episodes import ClassIndex, EpisodeSampler, support_set
 from nlp_mtl.fewshot.prototypes import init_head_from_prototypes, prototype_weights
 
-from .conftest import write_experiment
+from .conftest import write_experiment, write_meta_experiment
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
@@ -216,11 +216,7 @@ def test_second_order_gradient_differs_from_first_order(tiny_bert, data_dir):
 
 
 def test_meta_train_then_adapt_end_to_end_through_the_cli(tiny_bert, data_dir, capsys):
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"])
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    raw["meta"] = {"episodes": 8, "shots": 3, "query_shots": 3, "inner_steps": 2, "log_every": 2}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_meta_experiment(data_dir, tiny_bert)
     run = data_dir / "meta"
     assert main(["meta-train", str(config), "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out

@@ -14,22 +14,16 @@ import time
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from nlp_mtl.cli import main
 from nlp_mtl.training.checkpoint import STATE_FILE
 
-from .conftest import write_experiment
+from .conftest import write_meta_experiment
 
 
 def _meta_config(data_dir, tiny_bert, **meta):
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"])
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    raw["meta"] = {"episodes": 8, "shots": 3, "query_shots": 3, "inner_steps": 2, "log_every": 2, **meta}
-    config.write_text(yaml.safe_dump(raw))
-    return config
+    return write_meta_experiment(data_dir, tiny_bert, **meta)
 
 
 def _records(run):

@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-import yaml
 
-from .conftest import write_experiment
+from .conftest import write_meta_experiment
 from .test_fewshot import _meta_setup
 
 
@@ -105,12 +104,7 @@ def test_meta_sgd_through_the_cli_and_its_config_errors(tiny_bert, data_dir, cap
         from_mapping(MetaConfig, {"learn_inner_lr": True, "algorithm": "reptile"}, "meta")
     with pytest.raises(ConfigError, match=r"meta\.inner_lr_outer_lr"):
         from_mapping(MetaConfig, {"inner_lr_outer_lr": 0}, "meta")
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"])
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    raw["meta"] = {"episodes": 4, "shots": 3, "query_shots": 3, "inner_steps": 2, "log_every": 2,
-                   "learn_inner_lr": True}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_meta_experiment(data_dir, tiny_bert, episodes=4, learn_inner_lr=True)
     run = data_dir / "meta_cli"
     assert main(["meta-train", str(config), "--output-dir", str(run)]) == 0
     assert main(["adapt", str(run), "--task", str(data_dir / "specs" / "toy_sent.yaml"), "--shots", "4",
@@ -123,11 +117,7 @@ def test_meta_sgd_through_the_cli_and_its_config_errors(tiny_bert, data_dir, cap
 def test_update_rule_without_a_learnt_rule_is_refused(tiny_bert, data_dir, capsys):
     from nlp_mtl.cli import main
 
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner", "toy_sent"])
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    raw["meta"] = {"episodes": 2, "shots": 3, "query_shots": 3, "inner_steps": 1, "log_every": 1}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_meta_experiment(data_dir, tiny_bert, episodes=2, inner_steps=1, log_every=1)
     run = data_dir / "meta_plain"
     assert main(["meta-train", str(config), "--output-dir", str(run)]) == 0
     capsys.readouterr()

@@ -218,8 +218,8 @@ def module_key(name: str) -> str:
 class UpdateRule(nn.Module):
     """A meta-learned update rule (Meta-SGD, Li et al. 2017): a learning rate per adapter tensor
     and per head tensor, kept as its logarithm so that it stays positive, and the number of
-    full-batch SGD steps it was meta-trained for. ``nlp-mtl adapt`` adapts a group that carries
-    one with exactly that update instead of its AdamW recipe."""
+    full-batch SGD steps it was meta-trained for. ``nlp-mtl adapt --update rule`` adapts a
+    group that carries one with exactly that update instead of its AdamW recipe."""
 
     def __init__(self, names: list[str], rate: float, steps: int) -> None:
         super().__init__()
