@@ -124,6 +124,9 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--update", default="recipe", choices=["recipe", "rule"],
                    help="recipe (default): adapt by the AdamW recipe above. rule: an init meta-trained with "
                         "meta.learn_inner_lr starts as trained and adapts by its learnt update rule instead")
+    p.add_argument("--token-head", default="linear", choices=["linear", "nearest"],
+                   help="token tasks: score with the linear head adaptation trained (default), or nearest: each "
+                        "token takes the label of its most similar support token (NNShot)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16", "auto"],
                    help="precision of the adaptation steps (auto: bf16 where the hardware has it natively)")
     p.add_argument("--test-limit", type=_positive_int, help="score on the first N test examples only")
@@ -357,7 +360,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     settings = AdaptSettings(shots=args.shots, seeds=tuple(range(1, args.seeds + 1)), init=args.init,
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                              mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds,
-                             pair_head_only=args.pair_head_only, update=args.update)
+                             pair_head_only=args.pair_head_only, update=args.update, token_head=args.token_head)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     from .run_dir import check_target
@@ -380,8 +383,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     model, summary = adapt_run(run.path, spec, settings, args.data_root, args.test_limit, quiet=args.quiet,
                                on_seed=show)
     print(summary.headline())
+    nearest = ".nearest" if summary.token_head == "nearest" else ""
     output = Path(args.output) if args.output else \
-        run.adapt_dir / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}.json"
+        run.adapt_dir / f"{spec.name}.{args.shots}shot.{summary.label.replace(' ', '')}{nearest}.json"
     write_summary(summary, output)
     print(f"summary written to {output}")
     if args.save:

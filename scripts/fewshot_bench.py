@@ -20,6 +20,9 @@ from each of:
               `bench` extra: pip install -e ".[bench]"), as scripts/fewshot_sentences.py runs it
 (b), (c) and (e) start from their trained adapter's delta times --init-scale (default 0.5,
 as `adapt`); such rows are labelled e.g. "meta x0.5" (1 gives the unscaled rows).
+With --token-heads linear nearest, token tasks are also scored by `adapt --token-head nearest`
+(rows "+nn"): after the same adaptation, each token takes the label of its most similar
+support token (NNShot) instead of the linear head's.
 Heads always start from class prototypes; the adaptation recipe (optimizer, steps, learning
 rate) is the same for (a)-(c) and (e), and by default it is `nlp-mtl adapt`'s own (epochs,
 step cap, batch size), scored on the whole test split unless --test-limit. Scores: entity F1
@@ -116,7 +119,8 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     sources = {"fresh": (mtl_dir, "fresh"), "mtl": (mtl_dir, "shared"), "meta": (meta_dir, "meta"),
                "full": (mtl_dir, "full"), "auto": (meta_dir, "auto"), "metasgd": (metasgd_dir, "meta")}
     rows = []
-    for init in args.inits:
+    runs = [(init, head) for init in args.inits for head in (args.token_heads if init != "setfit" else ["linear"])]
+    for init, token_head in runs:
         if init == "setfit":
             rows += setfit_rows(split, held_out, root, args)
             continue
@@ -124,16 +128,19 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
         model = MultiTaskModel.from_pretrained(source, device=args.device)
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
+            if token_head == "nearest" and not task.task_type.roles.token_level:
+                continue  # sentence tasks have one head; their row is the 'linear' run's
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,
                                          init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps,
                                          batch_size=args.batch_size, allow_short_classes=True,
-                                         update="rule" if init == "metasgd" else "recipe")
+                                         update="rule" if init == "metasgd" else "recipe", token_head=token_head)
                 summary = few_shot_adapt(model, task, settings, source=str(source))
                 if task.name in model.tasks:  # 'full' leaves nothing behind
                     model.remove_task(task.name)
                 values = [s.metrics[summary.metric] for s in summary.seeds]
-                label = init + summary.scale_suffix  # the bench's name for the init, adapt's for the scale
+                # The bench's name for the init, adapt's for the scale; '+nn': scored by nearest support token.
+                label = init + summary.scale_suffix + ("+nn" if summary.token_head == "nearest" else "")
                 row = {"split": split, "task": task_name, "shots": shots, "init": label, "init_scale": summary.init_scale,
                        "metric": summary.metric,
                        "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
@@ -176,11 +183,13 @@ def table(rows: list[dict]) -> str:
     names = {"fresh": "fresh adapter (a)", "mtl": "MTL adapter (b)", "meta": "meta-learned (c)", "full": "full FT (d)",
              "auto": "auto: (c) or (a) (e)", "setfit": "SetFit (f)", "metasgd": "Meta-SGD (g)"}
     present = {r["init"] for r in rows}  # e.g. 'meta x0.5': the bench's init, then adapt's scale suffix
-    labels = sorted(present, key=lambda label: (INITS.index(label.split(" ")[0]), label))
+    labels = sorted(present, key=lambda label: (INITS.index(label.split(" ")[0].removesuffix("+nn")), label))
 
     def name(label: str) -> str:
         base, _, scale = label.partition(" ")
-        return names[base] + (f" {scale}" if scale else "")
+        nearest = base.endswith("+nn") or scale.endswith("+nn")
+        base, scale = base.removesuffix("+nn"), scale.removesuffix("+nn")
+        return names[base] + (f" {scale}" if scale else "") + (", nearest token" if nearest else "")
 
     lines = ["| split | held-out task | metric | K | " + " | ".join(name(i) for i in labels) + " |",
              "|---|---|---|---|" + "---|" * len(labels)]
@@ -217,6 +226,9 @@ def main() -> None:
     parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS[:-1]),
                         help="starting points to compare (default: all but setfit)")
     # Adaptation defaults are `nlp-mtl adapt`'s, so the table measures what users get.
+    parser.add_argument("--token-heads", nargs="+", choices=["linear", "nearest"], default=["linear"],
+                        help="token tasks: score with adapt's linear head, its nearest-neighbour head "
+                             "(--token-head nearest, rows '+nn'), or both")
     parser.add_argument("--init-scale", type=float, default=defaults.init_scale,
                         help="start mtl, meta and auto from their trained delta times this factor (adapt --init-scale)")
     parser.add_argument("--test-limit", type=int, default=None, help="score on the first N test examples of each task")

@@ -66,6 +66,7 @@ from .prototypes import init_head_from_prototypes, labelled_features
 DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 UPDATES = ("recipe", "rule")
+TOKEN_HEADS = ("linear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class AdaptSettings:
     # meta.learn_inner_lr starts unscaled and adapts by its learnt update rule instead (its
     # inner steps, full-batch SGD at the learnt rates); inits without one keep the recipe.
     update: str = "recipe"
+    # Token tasks: after adaptation, score tokens with the linear head adaptation trained, or
+    # with 'nearest': each token takes the label of its most similar support token (NNShot).
+    token_head: str = "linear"
 
     def __post_init__(self) -> None:
         # Checked here, before a run or its data is loaded.
@@ -113,6 +117,8 @@ class AdaptSettings:
             raise UserError(f"--lr: expected a learning rate of at most 1, got {self.lr:g}.")
         if self.update not in UPDATES:
             raise UserError(f"--update: expected one of {', '.join(UPDATES)}, got {self.update!r}.")
+        if self.token_head not in TOKEN_HEADS:
+            raise UserError(f"--token-head: expected one of {', '.join(TOKEN_HEADS)}, got {self.token_head!r}.")
         if self.pair_rounds < 0:
             raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
@@ -264,6 +270,18 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     return steps, curve.records
 
 
+def use_nearest_neighbours(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
+                           device: torch.device) -> None:
+    """Replace the task's trained linear head by a nearest-neighbour head over the support
+    set's tokens, read through the adapter as adaptation left it."""
+    features, labels = _support_features(model, task, indices, pad_id, device)
+    info = model.tasks[task.name]
+    options = {"type": "token_nearest_neighbour", "support_tokens": len(labels)}
+    model.add_task(TaskHeadInfo(**{**asdict(info), "head": "token_nearest_neighbour", "head_options": options}))
+    head = model.heads[task.name].to(device)
+    head.remember(features, labels)
+
+
 def _by_rule(group: Any, settings: AdaptSettings) -> bool:
     """Whether this adapter group adapts by its learnt update rule."""
     return settings.update == "rule" and group.update_rule is not None
@@ -356,6 +374,8 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
     _start(model, task, info, init, device, settings)
     steps, curve = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
+    if settings.token_head == "nearest" and task.task_type.roles.token_level:
+        use_nearest_neighbours(model, task, indices, pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
     ruled = init != "full" and _by_rule(model.adapters[task.name], settings)
     return SeedResult(seed, len(indices), per_class, steps, report.metrics, report.text, init, selection, curve,
@@ -374,10 +394,11 @@ class AdaptSummary:
     std: dict[str, float]
     seconds: float
     init_scale: float | None = None  # None: no trained adapter to scale (fresh, full)
+    token_head: str = "linear"  # what scored a token task: 'linear' or 'nearest'
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "source": self.source, "init": self.init, "init_scale": self.init_scale,
-                "shots": self.shots,
+                "shots": self.shots, "token_head": self.token_head,
                 "metric": self.metric, "mean": self.mean, "std": self.std, "seconds": round(self.seconds, 1),
                 "seeds": [{k: v for k, v in asdict(s).items() if k != "report"} for s in self.seeds]}
 
@@ -452,7 +473,8 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
     std = {k: float(np.std([r.metrics[k] for r in results])) for k in keys}
     return AdaptSummary(task.name, source, init, settings.shots, fewshot_metric(task), results, mean, std,
-                        time.perf_counter() - started, settings.init_scale if scaled else None)
+                        time.perf_counter() - started, settings.init_scale if scaled else None,
+                        settings.token_head if task.task_type.roles.token_level else "linear")
 
 
 def load_new_task(spec: TaskSpec, root: Path, tokenizer: Any, test_limit: int | None = None) -> PreparedTask:

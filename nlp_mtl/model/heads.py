@@ -61,6 +61,60 @@ class TokenClassificationHead(Head):
 
 
 @dataclass(frozen=True)
+class NearestNeighbourHeadOptions:
+    type: str = "token_nearest_neighbour"
+    # Size of the memory of support tokens. Set (and the memory filled) by `nlp-mtl adapt
+    # --token-head nearest`; this head is not trained.
+    support_tokens: int = 0
+    # A class's logit is its best cosine similarity times this, so that softmax scores spread
+    # like a trained linear head's instead of all sitting near 1/C.
+    scale: float = 20.0
+
+    def validate(self, where: str) -> None:
+        if self.support_tokens < 1:
+            raise ConfigError(f"{where}.support_tokens: expected a count >= 1, got {self.support_tokens}. This head is "
+                              "filled from a support set by `nlp-mtl adapt --token-head nearest`; to train a token "
+                              "task, use type: token_classification.")
+        if not self.scale > 0:
+            raise ConfigError(f"{where}.scale: expected a number > 0, got {self.scale}.")
+
+
+@HEADS.register("token_nearest_neighbour")
+class NearestNeighbourTokenHead(Head):
+    """NNShot (Yang and Katiyar 2020): a token takes the label of the most similar support
+    token (cosine similarity of the encoder's features). Few labelled sentences hold few
+    examples of each entity type, and one linear layer fitted to them averages a class's
+    tokens into one direction; a nearest neighbour keeps every one of them."""
+
+    Options = NearestNeighbourHeadOptions
+
+    def __init__(self, hidden_size: int, num_labels: int, options: NearestNeighbourHeadOptions) -> None:
+        super().__init__()
+        self.num_labels, self.scale = num_labels, options.scale
+        self.dropout = nn.Identity()
+        self.register_buffer("memory", torch.zeros(options.support_tokens, hidden_size))
+        self.register_buffer("memory_labels", torch.zeros(options.support_tokens, dtype=torch.long))
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    @torch.no_grad()
+    def remember(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fill the memory with the support tokens' features (one row per scored token)."""
+        if features.shape != self.memory.shape:
+            raise ValueError(f"expected {tuple(self.memory.shape)} support features, got {tuple(features.shape)}")
+        self.memory.copy_(nn.functional.normalize(features.float(), dim=-1))
+        self.memory_labels.copy_(labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        similarity = nn.functional.normalize(hidden.float(), dim=-1) @ self.memory.t()  # (batch, tokens, memory)
+        # Below any cosine similarity: the logit of a class with no support token.
+        logits = similarity.new_full((*similarity.shape[:-1], self.num_labels), -2.0)
+        logits.scatter_reduce_(-1, self.memory_labels.expand_as(similarity), similarity, "amax")
+        return logits * self.scale
+
+
+@dataclass(frozen=True)
 class SequenceHeadOptions:
     type: str = "sequence_classification"
     dropout: float = 0.1
