@@ -136,27 +136,34 @@ def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, preci
     with tempfile.TemporaryDirectory() as tmp:
         train(config, RunDir(Path(tmp) / "run"), quiet=True, callbacks=[meter])
     seconds, examples, tokens = meter.reading()
-    return {"samples_per_s": examples / seconds, "tokens_per_s": tokens / seconds}
+    return {"samples_per_s": examples / seconds, "tokens_per_s": tokens / seconds, "tokens_per_sample": tokens / examples}
 
 
 def warmed_up_meter(warmup: int):
-    """The engine's throughput meter, installed as a callback, counting only the steps after
-    the first ``warmup``. (Built here: the bench imports torch only where it needs it.)"""
-    from nlp_mtl.training.callbacks import ThroughputMeter
+    """A callback that clocks steps ``warmup``+1 onwards from step end to step end, as the
+    Trainer's clock below does: the time between steps (callbacks, logging) counts too.
+    (Built here: the bench imports torch only where it needs it.)"""
+    from nlp_mtl.training.callbacks import Callback
 
-    class WarmedUpMeter(ThroughputMeter):
+    class WarmedUpMeter(Callback):
         """Warm-up steps hold the one-off costs (allocator growth, kernel selection)."""
 
+        order = -1
+
         def __init__(self, warmup: int) -> None:
-            super().__init__()
-            self.warmup = warmup
+            self.warmup, self.examples, self.tokens = warmup, 0, 0
+            self.started = self.ended = 0.0
 
         def on_step_end(self, engine, micro_batches) -> None:
-            if engine.state.step > self.warmup:
-                super().on_step_end(engine, micro_batches)
+            if engine.state.step == self.warmup:
+                self.started = time.perf_counter()
+            elif engine.state.step > self.warmup:
+                self.examples += sum(m.examples for m in micro_batches)
+                self.tokens += sum(m.tokens for m in micro_batches)
+                self.ended = time.perf_counter()
 
         def reading(self) -> tuple[float, int, int]:
-            return self.take()
+            return self.ended - self.started, self.examples, self.tokens
 
     return WarmedUpMeter(warmup)
 
@@ -183,6 +190,15 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
                                           max_length=128)["input_ids"])) / len(rows)
     model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(labels))
     marks: dict[int, float] = {}
+    # Real tokens of every batch, in the order the collator builds them (one worker: batch order).
+    batch_tokens: list[int] = []
+
+    def counted(collate):
+        def collate_and_count(features):
+            batch = collate(features)
+            batch_tokens.append(int(batch["attention_mask"].sum()))
+            return batch
+        return collate_and_count
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -196,14 +212,16 @@ def bench_hf_trainer(rows, labels, mode: str, warmup: int, steps: int, batch_siz
                                  learning_rate=5e-5, warmup_steps=warmup, seed=SEED, report_to="none",
                                  save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", bf16=bf16,
                                  dataloader_num_workers=0, **_group_by_length_kwargs(mode == "group_by_length"))
-        collator = default_data_collator if padding else DataCollatorForTokenClassification(tokenizer)
+        collator = counted(default_data_collator if padding else DataCollatorForTokenClassification(tokenizer))
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its own summary dict
             Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                     callbacks=[Clock()]).train()
-    samples = batch_size * steps / (marks[warmup + steps] - marks[warmup])
-    # Real (unpadded) tokens estimated from the slice's mean length; the timed batches are not a
-    # uniform draw (group_by_length sorts mega-batches longest first), so compare samples/s too.
-    return {"samples_per_s": samples, "tokens_per_s": samples * real_tokens}
+    seconds = marks[warmup + steps] - marks[warmup]
+    # The timed batches' own real tokens: with group_by_length they are not a uniform draw
+    # (mega-batches of 50 batches run longest first, and warm-up takes the first of them).
+    tokens = sum(batch_tokens[warmup : warmup + steps])
+    return {"samples_per_s": batch_size * steps / seconds, "tokens_per_s": tokens / seconds,
+            "tokens_per_sample": tokens / (batch_size * steps), "slice_tokens_per_sample": real_tokens}
 
 
 def first_subtoken_labels(enc, rows, label2id: dict[str, int]) -> list[list[int]]:
@@ -385,7 +403,7 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES, help="run only these phases")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where phases 1-4 run, both trainers included (default: cpu)")
-    parser.add_argument("--steps", type=int, help="timed training steps (default 40, 15 with --quick)")
+    parser.add_argument("--steps", type=int, help="timed training steps (default: whole mega-batches of the Trainer's group_by_length, at least 50; 15 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps (default 10, 5 with --quick)")
     parser.add_argument("--compile", action="store_true",
                         help="also train with training.compile: true (adds the compile time to the warm-up)")
@@ -410,7 +428,11 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench: --device cuda, but PyTorch sees no CUDA GPU here.")
     hf_logging.set_verbosity_error()
-    warmup, steps = (5, 15) if args.quick else (10, 40)
+    # group_by_length sorts mega-batches of batches longest first (transformers: min(50, examples //
+    # (4 x batch)) batches each), so a window of whole mega-batches times the Trainer on
+    # sentences as long as an epoch's; by default, the fewest whole ones that make >= 50 steps.
+    mega = max(1, min(50, args.examples // (4 * args.batch_size)))
+    warmup, steps = (5, 15) if args.quick else (10, mega * -(-50 // mega))
     warmup, steps = args.warmup or warmup, args.steps or steps
     from nlp_mtl.training.precision import cpu_isa_flags
 
@@ -476,19 +498,23 @@ def main() -> None:
 
 
 def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
-    # Against the Trainer's fastest stock setting in the same precision.
-    baseline = {p: train_rows.get(f"Trainer, group_by_length{p}", train_rows["Trainer, group_by_length"])["samples_per_s"]
+    # Against the Trainer's fastest stock setting in the same precision; by samples/s and by real
+    # tokens/s, since the two trainers' timed batches hold different sentences.
+    baseline = {p: train_rows.get(f"Trainer, group_by_length{p}", train_rows["Trainer, group_by_length"])
                 for p in ("", " bf16")}
     print(f"\ntraining, CoNLL-2003 NER, batch {batch_size}, {steps} timed steps after {warmup}:")
-    print(f"{'configuration':28s} {'samples/s':>10s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'% peak':>7s} "
-          f"{'vs Trainer+gbl':>15s}")
+    print(f"{'configuration':28s} {'samples/s':>10s} {'tokens/s':>10s} {'tok/sample':>10s} {'GFLOP/s':>8s} "
+          f"{'% peak':>7s} {'vs Trainer+gbl: samples/s':>26s} {'tokens/s':>9s}")
     for name, row in train_rows.items():
-        peak = out["matmul_gflops"]["bf16" if name.endswith("bf16") else "fp32"]
+        precision = "bf16" if name.endswith("bf16") else "fp32"
+        base = baseline[" bf16" if precision == "bf16" else ""]
         row["gflops"] = flops_per_token * row["tokens_per_s"] / 1e9
-        row["fraction_of_peak"] = row["gflops"] / peak
-        row["vs_trainer_group_by_length"] = row["samples_per_s"] / baseline[" bf16" if name.endswith("bf16") else ""]
-        print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
-              f"{100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:14.2f}x")
+        row["fraction_of_peak"] = row["gflops"] / out["matmul_gflops"][precision]
+        row["vs_trainer_group_by_length"] = row["samples_per_s"] / base["samples_per_s"]
+        row["vs_trainer_group_by_length_tokens"] = row["tokens_per_s"] / base["tokens_per_s"]
+        print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['tokens_per_sample']:10.1f} "
+              f"{row['gflops']:8.1f} {100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:25.2f}x "
+              f"{row['vs_trainer_group_by_length_tokens']:8.2f}x")
     out["training"] = train_rows
 
 
