@@ -51,13 +51,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of each layer (default 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, both runs")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--only", choices=["separate", "shared"], help="run one arm only (its numbers, no comparison)")
     args = parser.parse_args()
     from nlp_mtl.training.precision import cpu_isa_flags
 
     out: dict = {"cpu_isa": cpu_isa_flags(), "epochs": args.epochs, "overrides": args.set}
     with tempfile.TemporaryDirectory() as tmp:
-        out["separate"] = run(False, args.epochs, args.set, Path(tmp))
-        out["shared"] = run(True, args.epochs, args.set, Path(tmp))
+        for arm in ("separate", "shared"):
+            if args.only in (None, arm):
+                out[arm] = run(arm == "shared", args.epochs, args.set, Path(tmp))
+    if args.only:
+        print(json.dumps(out, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2))
+        return
     sep, sh = out["separate"], out["shared"]
     print(f"CPU: {', '.join(out['cpu_isa']) or 'unknown'}; {args.epochs:g} epoch(s) of each layer; overrides: "
           f"{' '.join(args.set) or 'none'}")
