@@ -4,6 +4,7 @@
     python scripts/bench.py                 # everything, ~10 min on 2 cores
     python scripts/bench.py --quick         # fewer steps; scale test at 50k and 250k sentences
     python scripts/bench.py --device cuda --steps 200 --phases training adapters inference memory
+    python scripts/bench.py --phases training --compile --rounds 3 --trainer-modes group_by_length
 
 Every phase runs back to back in this process (memory phases in child processes, so that each
 peak is its own) on the same model (the embedded MiniLM), data slice (CoNLL-2003 NER train),
@@ -12,7 +13,9 @@ batch size and seed:
 1. matmul peak: fp32 and bf16 `nn.functional.linear` GFLOP/s at this model's shapes;
 2. training: nlp-mtl's trainer vs `transformers.Trainer` padding to 128, with dynamic padding,
    and with `group_by_length`; samples/s, tokens/s and the encoder's effective GFLOP/s
-   (6 x non-embedding parameters x real tokens / s) as a fraction of the matmul peak;
+   (6 x non-embedding parameters x real tokens / s) as a fraction of the matmul peak. With
+   `--rounds N` every configuration runs N times, round robin, and its median round is reported
+   (on a machine whose CPUs are shared, one configuration run once can be 10-25 % off);
 3. inference: one encoder pass serving an NER and a classification head vs two models;
 4. peak resident memory of training with 1, 2 and 3 tasks, and its growth per task;
 5. data at scale: a synthetic NER task of 100k and 1M sentences read, checked and tokenised with
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -407,6 +411,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps (default 10, 5 with --quick)")
     parser.add_argument("--compile", action="store_true",
                         help="also train with training.compile: true (adds the compile time to the warm-up)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every training configuration this many times, round robin, and report each "
+                             "one's median (machines that share their CPUs vary 10-25%% from run to run)")
+    parser.add_argument("--trainer-modes", nargs="+", choices=list(TRAINER_MODES), default=list(TRAINER_MODES),
+                        help="which stock Trainer settings to run (group_by_length, the baseline, always runs)")
     parser.add_argument("--child-memory", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-scale", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-scale-train", nargs=3, help=argparse.SUPPRESS)
@@ -473,18 +482,12 @@ def main() -> None:
               f"samples/s:\n    LoRA r=8 on all linear layers: {lora['samples_per_s']:.1f} samples/s, step time "
               f"{ratio:.2f}x the full step\n    LoRA r=8 on query and value: {lora_qv['samples_per_s']:.1f} "
               f"samples/s, step time {ratio_qv:.2f}x", flush=True)
-    for precision in precisions if "training" in args.phases else []:
-        for compiled in (False, True) if args.compile else (False,):
-            name = "nlp-mtl" + (" compiled" if compiled else "") + (" bf16" if precision == "bf16" else "")
-            train_rows[name] = bench_nlp_mtl(args.examples, warmup, steps, args.batch_size, precision, compile=compiled)
-            print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
-    trainer_runs = [(mode, False) for mode in ("pad to 128", "dynamic padding", "group_by_length")]
-    if "bf16" in precisions:  # the Trainer's fastest stock setting then includes bf16=True
-        trainer_runs.append(("group_by_length", True))
-    for mode, bf16 in trainer_runs if "training" in args.phases else ():
-        name = f"Trainer, {mode}" + (" bf16" if bf16 else "")
-        train_rows[name] = bench_hf_trainer(rows, labels, mode, warmup, steps, args.batch_size, device, bf16)
-        print(f"2. {name}: {train_rows[name]['samples_per_s']:.1f} samples/s", flush=True)
+    if "training" in args.phases:
+        if args.rounds < 1:
+            sys.exit("bench: --rounds must be at least 1")
+        runs = training_runs(args, precisions, rows, labels, warmup, steps, device)
+        train_rows = run_rounds(runs, args.rounds)
+        out["training_rounds"] = args.rounds
     if "training" in args.phases:
         training_table(train_rows, out, flops_per_token, args.batch_size, steps, warmup)
     if "inference" in args.phases:
@@ -495,6 +498,47 @@ def main() -> None:
         scale_phase(out, args.quick)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+TRAINER_MODES = {"pad128": "pad to 128", "dynamic": "dynamic padding", "group_by_length": "group_by_length"}
+
+
+def training_runs(args, precisions: list[str], rows, labels, warmup: int, steps: int, device: str) -> dict:
+    """Each training configuration by name, as a call that runs it once and returns its row."""
+    runs = {}
+    for precision in precisions:
+        for compiled in (False, True) if args.compile else (False,):
+            name = "nlp-mtl" + (" compiled" if compiled else "") + (" bf16" if precision == "bf16" else "")
+            runs[name] = functools.partial(bench_nlp_mtl, args.examples, warmup, steps, args.batch_size, precision,
+                                           compile=compiled)
+    modes = [TRAINER_MODES[m] for m in TRAINER_MODES if m in args.trainer_modes or m == "group_by_length"]
+    trainer_runs = [(mode, False) for mode in modes]
+    if "bf16" in precisions:  # the Trainer's fastest stock setting then includes bf16=True
+        trainer_runs.append(("group_by_length", True))
+    for mode, bf16 in trainer_runs:
+        runs[f"Trainer, {mode}" + (" bf16" if bf16 else "")] = functools.partial(
+            bench_hf_trainer, rows, labels, mode, warmup, steps, args.batch_size, device, bf16)
+    return runs
+
+
+def run_rounds(runs: dict, rounds: int) -> dict:
+    """Every configuration once per round, in the same order; a row is the median round (by
+    samples/s; the lower middle one for an even count) of its configuration, with every round's speeds kept beside it. Round robin, so
+    that a slow spell of a shared machine falls on all configurations rather than on one."""
+    measured: dict[str, list[dict]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            measured[name].append(run())
+            tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
+            print(f"2. {name}: {measured[name][-1]['samples_per_s']:.1f} samples/s{tag}", flush=True)
+    rows = {}
+    for name, results in measured.items():
+        ranked = sorted(results, key=lambda row: row["samples_per_s"])
+        rows[name] = dict(ranked[(len(ranked) - 1) // 2])
+        if rounds > 1:
+            rows[name]["rounds_samples_per_s"] = [row["samples_per_s"] for row in results]
+            rows[name]["rounds_tokens_per_s"] = [row["tokens_per_s"] for row in results]
+    return rows
 
 
 def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
@@ -512,9 +556,11 @@ def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_si
         row["fraction_of_peak"] = row["gflops"] / out["matmul_gflops"][precision]
         row["vs_trainer_group_by_length"] = row["samples_per_s"] / base["samples_per_s"]
         row["vs_trainer_group_by_length_tokens"] = row["tokens_per_s"] / base["tokens_per_s"]
+        spread = row.get("rounds_samples_per_s")
+        spread = f"   rounds {min(spread):.1f}-{max(spread):.1f}" if spread else ""
         print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['tokens_per_sample']:10.1f} "
               f"{row['gflops']:8.1f} {100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:25.2f}x "
-              f"{row['vs_trainer_group_by_length_tokens']:8.2f}x")
+              f"{row['vs_trainer_group_by_length_tokens']:8.2f}x{spread}")
     out["training"] = train_rows
 
 
