@@ -109,7 +109,7 @@ def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path
 
 def run_split(split: str, args: argparse.Namespace) -> list[dict]:
     from nlp_mtl.config import default_data_root, load_task_spec, resolve_task_path
-    from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task
+    from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt, load_new_task, scoring_head
     from nlp_mtl.model import MultiTaskModel
 
     work = Path(args.work_dir) / split
@@ -128,7 +128,7 @@ def run_split(split: str, args: argparse.Namespace) -> list[dict]:
         model = MultiTaskModel.from_pretrained(source, device=args.device)
         for task_name in held_out:
             task = load_new_task(load_task_spec(resolve_task_path(task_name)), root, model.tokenizer, args.test_limit)
-            if token_head == "nearest" and not task.task_type.roles.token_level:
+            if token_head != scoring_head(AdaptSettings(token_head=token_head), task):
                 continue  # sentence tasks have one head; their row is the 'linear' run's
             for shots in args.shots:
                 settings = AdaptSettings(shots=shots, seeds=tuple(range(1, args.seeds + 1)), init=group,

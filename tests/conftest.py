@@ -134,7 +134,9 @@ def make_data_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_experiment(tmp_path: Path, backbone: Path, tasks: list[str], **training: object) -> Path:
+def write_experiment(tmp_path: Path, backbone: Path, tasks: list[str], adapters: dict | None = None,
+                     **training: object) -> Path:
+    """A toy experiment over ``tasks``; ``adapters``: its ``adapters:`` section, if any."""
     train = {"batch_size": 16, "lr": 3e-3, "steps": 120, "evaluations": 2, "log_every": 20, "warmup_ratio": 0.0, **training}
     config = {
         "name": "toy",
@@ -143,6 +145,8 @@ def write_experiment(tmp_path: Path, backbone: Path, tasks: list[str], **trainin
         "data": {"root": str(tmp_path / "data")},
         "training": train,
     }
+    if adapters is not None:
+        config["adapters"] = adapters
     import yaml
 
     path = tmp_path / "experiment.yaml"

@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from nlp_mtl.cli import main
 from nlp_mtl.config import MetaConfig
@@ -266,10 +265,7 @@ def test_meta_train_needs_adapters(tiny_bert, data_dir, capsys):
 def test_python_api_adapt_returns_a_summary(tiny_bert, data_dir):
     import nlp_mtl
 
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=5)
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "pfeiffer"}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], adapters={"type": "pfeiffer"}, steps=5)
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     summary = nlp_mtl.adapt(data_dir / "run", data_dir / "specs" / "toy_sent.yaml", shots=2, seeds=2, init="fresh")
     assert summary.init == "fresh" and [s.seed for s in summary.seeds] == [1, 2]
@@ -444,10 +440,7 @@ def test_adapt_auto_keeps_a_trained_adapter_or_falls_back_to_a_fresh_one(tiny_be
     """init 'auto' = the run's trained adapter, unless a fresh one separates the support set's
     classes better; the chosen init then trains exactly as that init alone would."""
     import nlp_mtl
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=20)
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], adapters={"type": "lora", "options": {"rank": 4}}, steps=20)
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     spec = data_dir / "specs" / "toy_sent.yaml"
 
@@ -478,10 +471,7 @@ def test_adapt_init_scale_starts_from_the_trained_adapter_shrunk_toward_the_enco
     from nlp_mtl.errors import UserError
     from nlp_mtl.model import MultiTaskModel
 
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=20)
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora", "options": {"rank": 4}}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], adapters={"type": "lora", "options": {"rank": 4}}, steps=20)
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     trained = MultiTaskModel.from_pretrained(data_dir / "run").adapters["toy_ner"].state_dict()
     assert any(float(v.abs().sum()) > 0 for k, v in trained.items() if k.endswith("lora_B"))

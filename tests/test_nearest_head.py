@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from nlp_mtl.cli import main
 from nlp_mtl.errors import ConfigError
@@ -57,10 +56,7 @@ def test_the_head_is_not_a_training_head_and_says_so():
 
 
 def test_adapt_token_head_nearest_scores_saves_and_predicts_through_the_cli(tiny_bert, data_dir, capsys):
-    config = write_experiment(data_dir, tiny_bert, ["toy_sent"], steps=5)
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora"}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_experiment(data_dir, tiny_bert, ["toy_sent"], adapters={"type": "lora"}, steps=5)
     run = data_dir / "run"
     assert main(["--quiet", "train", str(config), "--output-dir", str(run)]) == 0
     spec = data_dir / "specs" / "toy_ner.yaml"
@@ -90,10 +86,7 @@ def test_adapt_token_head_nearest_scores_saves_and_predicts_through_the_cli(tiny
 def test_token_head_nearest_leaves_sentence_tasks_to_their_head(tiny_bert, data_dir):
     import nlp_mtl
 
-    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], steps=5)
-    raw = yaml.safe_load(config.read_text())
-    raw["adapters"] = {"type": "lora"}
-    config.write_text(yaml.safe_dump(raw))
+    config = write_experiment(data_dir, tiny_bert, ["toy_ner"], adapters={"type": "lora"}, steps=5)
     nlp_mtl.train(config, data_dir / "run", quiet=True)
     summary = nlp_mtl.adapt(data_dir / "run", data_dir / "specs" / "toy_sent.yaml", shots=2, seeds=1, init="fresh",
                             token_head="nearest")

@@ -270,6 +270,12 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     return steps, curve.records
 
 
+def scoring_head(settings: AdaptSettings, task: PreparedTask) -> str:
+    """What scores ``task`` after adaptation: 'nearest' only where asked and the task labels
+    tokens; a sentence task keeps its one head."""
+    return settings.token_head if task.task_type.roles.token_level else "linear"
+
+
 def use_nearest_neighbours(model: MultiTaskModel, task: PreparedTask, indices: list[int], pad_id: int,
                            device: torch.device) -> None:
     """Replace the task's trained linear head by a nearest-neighbour head over the support
@@ -374,7 +380,7 @@ def adapt_one_seed(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo
             torch.manual_seed(seed)  # from here on, the same draws as with the chosen init alone
     _start(model, task, info, init, device, settings)
     steps, curve = _fine_tune(model, task, indices, settings, seed, init == "full", pad_id, device)
-    if settings.token_head == "nearest" and task.task_type.roles.token_level:
+    if scoring_head(settings, task) == "nearest":
         use_nearest_neighbours(model, task, indices, pad_id, device)
     report = evaluate_tasks(model, [task], "test", settings.eval_batch_size, pad_id, device)[task.name]
     ruled = init != "full" and _by_rule(model.adapters[task.name], settings)
@@ -474,7 +480,7 @@ def few_shot_adapt(model: MultiTaskModel, task: PreparedTask, settings: AdaptSet
     std = {k: float(np.std([r.metrics[k] for r in results])) for k in keys}
     return AdaptSummary(task.name, source, init, settings.shots, fewshot_metric(task), results, mean, std,
                         time.perf_counter() - started, settings.init_scale if scaled else None,
-                        settings.token_head if task.task_type.roles.token_level else "linear")
+                        scoring_head(settings, task))
 
 
 def load_new_task(spec: TaskSpec, root: Path, tokenizer: Any, test_limit: int | None = None) -> PreparedTask:
