@@ -444,6 +444,10 @@ class MetaConfig:
     masked_words: float = 0.0
     # sentence: name the one masked word of a sentence; token: label every masked position.
     masked_word_levels: list[str] = field(default_factory=lambda: ["sentence", "token"])
+    # 0: an episode's masked words are drawn from all eligible words. N > 0: the words are first
+    # grouped into N clusters by k-means over the encoder's word embeddings and each episode
+    # draws its words from one cluster, so its classes are close and harder to tell apart.
+    masked_word_clusters: int = 0
 
     def validate(self, where: str) -> None:
         for key in ("episodes", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "log_every",
@@ -458,6 +462,9 @@ class MetaConfig:
         for key in ("inner_lr", "outer_lr", "inner_lr_outer_lr"):
             if not 0 < getattr(self, key) <= 10:
                 raise ConfigError(f"{where}.{key}: expected a learning rate in (0, 10], got {getattr(self, key)}.")
+        if self.masked_word_clusters < 0:
+            raise ConfigError(f"{where}.masked_word_clusters: expected an integer >= 0 (0: no clustering), "
+                              f"got {self.masked_word_clusters}.")
         if not 0 <= self.masked_words <= 1:
             raise ConfigError(f"{where}.masked_words: expected a share of episodes between 0 and 1, "
                               f"got {self.masked_words}.")

@@ -63,7 +63,9 @@ INITS = ("fresh", "mtl", "meta", "full", "auto", "metasgd", "setfit")
 def meta_name(args: argparse.Namespace, learn_rule: bool = False) -> str:
     """Meta-learned inits made with different settings are kept apart and reused."""
     name = f"meta_{args.algorithm}_{args.meta_episodes}ep_{args.inner_steps}in"
-    return name + (f"_mw{args.masked_words:g}" if args.masked_words else "") + ("_metasgd" if learn_rule else "")
+    name += f"_mw{args.masked_words:g}" if args.masked_words else ""
+    name += f"_cl{args.masked_word_clusters}" if args.masked_words and args.masked_word_clusters else ""
+    return name + ("_metasgd" if learn_rule else "")
 
 
 def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path]:
@@ -85,7 +87,8 @@ def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path
         "data": {"limit": {"validation": 500, "test": 10}},
         "meta": {"algorithm": args.algorithm, "episodes": args.meta_episodes, "init_from": str(work / "mtl"),
                  "init_group": "shared", "ways": 5, "shots": 4, "query_shots": 4, "inner_steps": args.inner_steps,
-                 "masked_words": args.masked_words, "log_every": 25},
+                 "masked_words": args.masked_words, "masked_word_clusters": args.masked_word_clusters,
+                 "log_every": 25},
     }
     if args.data_root:
         base["data"]["root"] = args.data_root
@@ -241,6 +244,9 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=3)
     parser.add_argument("--masked-words", type=float, default=0.5,
                         help="share of meta-training episodes that are masked-word tasks (0: task episodes only)")
+    parser.add_argument("--masked-word-clusters", type=int, default=0,
+                        help="draw each masked-word episode's words from one of N k-means clusters of the "
+                             "encoder's word embeddings (0: from all words)")
     parser.add_argument("--adapter", default="lora")
     parser.add_argument("--adapter-options", help="JSON (default: LoRA r=8 on every linear layer, as the main job)",
                         default='{"rank": 8, "alpha": 16, "target_modules": ["query", "key", "value", '

@@ -373,6 +373,55 @@ def test_masked_word_episodes_keep_the_mask_token_in_other_tokenizers(tmp_path, 
             assert torch.equal(masked, episode.support["labels"] >= 0)
 
 
+def test_word_clusters_group_words_whose_embeddings_are_near():
+    from nlp_mtl.fewshot.masked_words import word_clusters
+
+    class OneIdPerWord:
+        """Each word is one token id; "ab" (two pieces) averages the rows of "a" and "b"."""
+        ids = {"rain": 1, "snow": 2, "hail": 3, "paris": 4, "rome": 5, "oslo": 6, "a": 7, "b": 8}
+
+        def __call__(self, words, add_special_tokens=False):
+            return {"input_ids": [[self.ids[p] for p in (w if w == "ab" else [w])] for w in words]}
+
+    rng = np.random.default_rng(0)
+    table = torch.tensor(rng.normal(0, 0.05, (9, 16)), dtype=torch.float32)
+    table[[1, 2, 3]] += torch.eye(16)[0] * 3   # weather words point one way
+    table[[4, 5, 6]] += torch.eye(16)[1] * 3   # cities another
+    table[7] += torch.eye(16)[0] * 3
+    table[8] += torch.eye(16)[0] * 3
+    words = ["rain", "paris", "snow", "rome", "hail", "oslo", "ab"]
+    groups = word_clusters(words, OneIdPerWord(), table, clusters=2, seed=0)
+    assert sorted(sorted(words[i] for i in g) for g in groups) == [["ab", "hail", "rain", "snow"],
+                                                                   ["oslo", "paris", "rome"]]
+    assert len(groups[0]) == 4  # largest first
+    assert len(word_clusters(words[:2], OneIdPerWord(), table, clusters=5)) <= 2  # never more than the words
+
+
+@pytest.mark.parametrize("level", ["sentence", "token"])
+def test_clustered_masked_word_episodes_draw_every_word_from_one_cluster(tiny_bert, data_dir, level):
+    from transformers import AutoModel
+
+    from nlp_mtl.fewshot.masked_words import MaskedWordEpisodes, word_clusters
+
+    corpus, tokenizer, _ = _masked_word_sources(tiny_bert, data_dir, level)
+    table = AutoModel.from_pretrained(tiny_bert).get_input_embeddings().weight
+    clusters = word_clusters(corpus.words, tokenizer, table, clusters=2, seed=0)
+    assert sum(len(c) for c in clusters) == len(corpus.words)
+    cluster_of = {corpus.words[i]: c for c, members in enumerate(clusters) for i in members}
+    source = MaskedWordEpisodes(corpus, tokenizer, level, ways=3, shots=2, query_shots=4, seed=3, min_ways=3,
+                                clusters=clusters)
+    drawn = set()
+    for _ in range(12):
+        episode = source.sample()
+        assert episode.num_labels == len(episode.classes) == 3
+        assert len({cluster_of[w] for w in episode.classes}) == 1, episode.classes
+        drawn.add(cluster_of[episode.classes[0]])
+    assert drawn == {c for c, members in enumerate(clusters) if len(members) >= 3}  # every usable cluster is drawn
+    with pytest.raises(ValueError, match="no cluster of words holds 3 words"):
+        MaskedWordEpisodes(corpus, tokenizer, level, ways=3, shots=2, query_shots=4, min_ways=3,
+                           clusters=[np.arange(2), np.arange(2, 4)])
+
+
 def _template_corpus(n=300, seed=0):
     """Sentences whose words follow from their context ("who went [MASK] the city" hides "to"),
     so that filling in masked words can be learnt; random word bags could not be. Each sentence
@@ -389,9 +438,11 @@ def _template_corpus(n=300, seed=0):
     return SimpleNamespace(data=SimpleNamespace(splits={"train": rows}))
 
 
-def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_dir):
+@pytest.mark.parametrize("clusters", [0, 2])
+def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_dir, clusters):
     """Only masked-word episodes (masked_words: 1): the adapter learns to fill in words from
-    context, measured on masked-word episodes it has not seen."""
+    context, measured on masked-word episodes it has not seen (drawn from all words, also after
+    training on clustered episodes)."""
     from dataclasses import replace
 
     from nlp_mtl.fewshot.masked_words import MaskedWordCorpus, MaskedWordEpisodes
@@ -399,7 +450,7 @@ def test_meta_training_on_masked_words_lowers_their_query_loss(tiny_bert, data_d
 
     model, _, mc = _meta_setup(tiny_bert, data_dir, "fomaml")
     mc = replace(mc, masked_words=1.0, masked_word_levels=["token"], shots=2, query_shots=4, ways=3,
-                 min_ways=3, episodes=80)
+                 min_ways=3, episodes=80, masked_word_clusters=clusters)
     tasks = [_template_corpus(seed=0)]
     corpus = MaskedWordCorpus.build([_template_corpus(seed=1).data], min_sentences=20)
     held_out = MaskedWordEpisodes(corpus, model.tokenizer, "token", 3, 2, 4, seed=999)
@@ -418,6 +469,8 @@ def test_masked_words_config_errors_name_the_field():
         from_mapping(MetaConfig, {"masked_words": 1.5}, "meta")
     with pytest.raises(ConfigError, match=r"meta\.masked_word_levels"):
         from_mapping(MetaConfig, {"masked_words": 0.5, "masked_word_levels": ["paragraph"]}, "meta")
+    with pytest.raises(ConfigError, match=r"meta\.masked_word_clusters: expected an integer >= 0"):
+        from_mapping(MetaConfig, {"masked_words": 0.5, "masked_word_clusters": -1}, "meta")
 
 
 def test_support_halves_split_every_class_evenly_and_cover_the_support_set():

@@ -14,6 +14,13 @@ Two levels, so that sequence and token heads both meet unseen label sets:
               a sequence head says which word it was
     token     every occurrence of every drawn word is masked; a token head labels each masked
               position with its word, other positions are not scored
+
+Drawn at random, an episode's words are mostly unrelated ("rain", "minister", "of") and the
+context tells them apart at a glance. With ``clusters`` (meta.masked_word_clusters) the eligible
+words are first grouped by k-means over the encoder's word embeddings, and each episode draws
+all its words from one group, so its classes are near each other and harder to tell apart:
+Bansal et al. 2021 ("Diverse Distributions of Self-Supervised Tasks for Meta-Learning in NLP")
+found such clustered episodes worth +4.2 points on average over uniformly drawn ones.
 """
 
 from __future__ import annotations
@@ -93,11 +100,31 @@ class MaskedWordCorpus:
         return cls(sentences, lowered, word_sets, containing, words, weights)
 
 
+def word_clusters(words: Sequence[str], tokenizer: object, input_embeddings: torch.Tensor, clusters: int,
+                  seed: int = 0) -> list[np.ndarray]:
+    """Indices into ``words`` grouped by k-means (cosine, via unit vectors) over each word's
+    input embedding, the mean of its sub-word rows. Input embeddings, not contextual ones: they
+    need no forward pass over the corpus, and a pretrained encoder's are already arranged by
+    meaning and word class. Groups are returned largest first; there are at most ``clusters``."""
+    from sklearn.cluster import KMeans
+
+    table = input_embeddings.detach().float().cpu()
+    pieces = tokenizer(list(words), add_special_tokens=False)["input_ids"]
+    vectors = torch.stack([table[ids].mean(0) if ids else torch.zeros(table.shape[1]) for ids in pieces])
+    vectors = torch.nn.functional.normalize(vectors, dim=1).numpy().astype(np.float64)
+    k = max(1, min(clusters, len(words)))
+    assigned = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(vectors)
+    groups = [np.flatnonzero(assigned == c) for c in range(k)]
+    return sorted((g for g in groups if len(g)), key=len, reverse=True)
+
+
 class MaskedWordEpisodes:
-    """N-way K-shot masked-word episodes at one level, reproducible from a seed."""
+    """N-way K-shot masked-word episodes at one level, reproducible from a seed; with
+    ``clusters`` (from word_clusters), each episode's words come from one cluster."""
 
     def __init__(self, corpus: MaskedWordCorpus, tokenizer: object, level: str, ways: int, shots: int,
-                 query_shots: int, seed: int = 0, min_ways: int | None = None) -> None:
+                 query_shots: int, seed: int = 0, min_ways: int | None = None,
+                 clusters: list[np.ndarray] | None = None) -> None:
         if level not in LEVELS:
             raise ValueError(f"masked-word level: expected one of {', '.join(LEVELS)}, got {level!r}")
         mask = getattr(tokenizer, "mask_token", None)
@@ -116,6 +143,15 @@ class MaskedWordEpisodes:
                              f"{level}-level input; set meta.masked_words: 0")
         self.ways, self.min_ways = ways, min(min_ways or ways, ways)
         self.shots, self.query_shots = shots, query_shots
+        self.clusters: list[np.ndarray] = []
+        if clusters is not None:
+            self.clusters = [c for c in clusters if len(c) >= self.min_ways]
+            if not self.clusters:
+                raise ValueError(f"no cluster of words holds {self.min_ways} words (min_ways); lower "
+                                 "meta.masked_word_clusters or meta.min_ways")
+            # A cluster is drawn as often as its words would be drawn without clustering.
+            mass = np.array([corpus.weights[c].sum() for c in self.clusters])
+            self.cluster_weights = mass / mass.sum()
         self.rng = np.random.default_rng(seed)
         self.name = f"masked_words_{level}"
         self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -127,8 +163,7 @@ class MaskedWordEpisodes:
     def sample(self) -> EpisodeBatches:
         for _ in range(20):  # rarely, the drawn words cannot fill an episode: draw again
             ways = int(self.rng.integers(self.min_ways, self.ways + 1))
-            words = self.rng.choice(len(self.corpus.words), size=ways, replace=False, p=self.corpus.weights)
-            chosen = [self.corpus.words[int(i)] for i in words]
+            chosen = [self.corpus.words[int(i)] for i in self._draw_words(ways)]
             drawn = self._draw(chosen)
             if drawn is None:
                 continue
@@ -140,6 +175,14 @@ class MaskedWordEpisodes:
         raise ValueError(f"{self.level}-level masked-word episodes: 20 draws in a row could not fill an episode "
                          "from the training text; lower meta.ways or meta.shots/query_shots, or drop this "
                          "level from meta.masked_word_levels")
+
+    def _draw_words(self, ways: int) -> np.ndarray:
+        """Indices of the episode's words: from the whole vocabulary, or from one cluster."""
+        if not self.clusters:
+            return self.rng.choice(len(self.corpus.words), size=ways, replace=False, p=self.corpus.weights)
+        cluster = self.clusters[int(self.rng.choice(len(self.clusters), p=self.cluster_weights))]
+        weights = self.corpus.weights[cluster] / self.corpus.weights[cluster].sum()
+        return self.rng.choice(cluster, size=min(ways, len(cluster)), replace=False, p=weights)
 
     def _draw(self, chosen: list[str]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
         """(sentence id, class) pairs of the support and the query set."""

@@ -42,7 +42,7 @@ from ..training.engine import Batch, Callback, Engine, EngineState, MicroBatch
 from ..training.guard import NonFiniteGuard
 from ..training.tracking import resolve_trackers
 from .episodes import ClassIndex, Episode, EpisodeBatches, EpisodeSampler
-from .masked_words import MaskedWordCorpus, MaskedWordEpisodes
+from .masked_words import MaskedWordCorpus, MaskedWordEpisodes, word_clusters
 from .prototypes import labelled_features, prototype_weights
 from ..run_dir import RunDir
 
@@ -105,10 +105,11 @@ class TaskEpisodes:
                               episode.classes, episode.support, episode.query)
 
 
-def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig,
-                    seed: int) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
+def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig, seed: int,
+                    input_embeddings: torch.Tensor | None = None) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
     """Every source of episodes and how often each is drawn: the tasks share ``1 - masked_words``
-    evenly, the masked-word levels share ``masked_words``."""
+    evenly, the masked-word levels share ``masked_words``. ``input_embeddings`` (the encoder's
+    word embedding table) groups the masked words when ``masked_word_clusters`` is set."""
     pad_id = tokenizer.pad_token_id or 0
     sources: list[TaskEpisodes | MaskedWordEpisodes] = []
     weights: list[float] = []
@@ -118,10 +119,16 @@ def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig,
             weights.append((1 - mc.masked_words) / len(tasks))
     if mc.masked_words > 0:
         corpus = MaskedWordCorpus.build([t.data for t in tasks], mc.shots + mc.query_shots, seed=seed)
+        clusters = None
+        if mc.masked_word_clusters and corpus.words:
+            if input_embeddings is None:
+                raise ValueError("meta.masked_word_clusters needs the encoder's input embeddings")
+            clusters = word_clusters(corpus.words, tokenizer, input_embeddings, mc.masked_word_clusters, seed)
         for j, level in enumerate(mc.masked_word_levels):
             try:
                 sources.append(MaskedWordEpisodes(corpus, tokenizer, level, mc.ways, mc.shots, mc.query_shots,
-                                                  seed=seed + 104729 * (j + 1), min_ways=mc.min_ways))
+                                                  seed=seed + 104729 * (j + 1), min_ways=mc.min_ways,
+                                                  clusters=clusters))
             except ValueError as err:
                 raise ConfigError(f"meta.masked_words: {err}") from None
             weights.append(mc.masked_words / len(mc.masked_word_levels))
@@ -389,7 +396,7 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
             print(note)
     main, world = accelerator.is_main_process, accelerator.num_processes
     model.to(accelerator.device)
-    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed)
+    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed, model.encoder.get_input_embeddings().weight)
     steps = meta_steps(mc, world)
     loss = EpisodeLoss(model, mc, accelerator)
     # Only the optimizer is prepared: there is no model-level all-reduce to do, since
