@@ -268,9 +268,11 @@ def main() -> None:
     for split in args.split or sorted(SPLITS):
         rows += run_split(split, args)
         if args.out:  # after every split, so a long run keeps what it has
-            payload = {"settings": {k: v for k, v in vars(args).items()}, "rows": rows,
-                       "seconds": round(time.perf_counter() - started)}
             from nlp_mtl.fileio import atomic_write
+            from nlp_mtl.training.precision import cpu_isa_flags
+
+            payload = {"settings": {k: v for k, v in vars(args).items()}, "cpu_isa": cpu_isa_flags(),
+                       "rows": rows, "seconds": round(time.perf_counter() - started)}
 
             atomic_write(Path(args.out), json.dumps(payload, indent=2) + "\n")
     print()

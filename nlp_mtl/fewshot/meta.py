@@ -106,7 +106,8 @@ class TaskEpisodes:
 
 
 def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig, seed: int,
-                    input_embeddings: torch.Tensor | None = None) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
+                    input_embeddings: torch.Tensor | None = None
+                    ) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
     """Every source of episodes and how often each is drawn: the tasks share ``1 - masked_words``
     evenly, the masked-word levels share ``masked_words``. ``input_embeddings`` (the encoder's
     word embedding table) groups the masked words when ``masked_word_clusters`` is set."""
@@ -396,7 +397,8 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
             print(note)
     main, world = accelerator.is_main_process, accelerator.num_processes
     model.to(accelerator.device)
-    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed, model.encoder.get_input_embeddings().weight)
+    sources, weights = episode_sources(tasks, model.tokenizer, mc, seed,
+                                       model.encoder.get_input_embeddings().weight)
     steps = meta_steps(mc, world)
     loss = EpisodeLoss(model, mc, accelerator)
     # Only the optimizer is prepared: there is no model-level all-reduce to do, since
