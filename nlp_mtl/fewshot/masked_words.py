@@ -149,9 +149,11 @@ class MaskedWordEpisodes:
             if not self.clusters:
                 raise ValueError(f"no cluster of words holds {self.min_ways} words (min_ways); lower "
                                  "meta.masked_word_clusters or meta.min_ways")
-            # A cluster is drawn as often as its words would be drawn without clustering.
+            # A cluster is drawn as often as its words would be drawn without clustering, and
+            # within it each word as often as against the other words of its cluster.
             mass = np.array([corpus.weights[c].sum() for c in self.clusters])
             self.cluster_weights = mass / mass.sum()
+            self.word_weights = [corpus.weights[c] / corpus.weights[c].sum() for c in self.clusters]
         self.rng = np.random.default_rng(seed)
         self.name = f"masked_words_{level}"
         self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -180,9 +182,9 @@ class MaskedWordEpisodes:
         """Indices of the episode's words: from the whole vocabulary, or from one cluster."""
         if not self.clusters:
             return self.rng.choice(len(self.corpus.words), size=ways, replace=False, p=self.corpus.weights)
-        cluster = self.clusters[int(self.rng.choice(len(self.clusters), p=self.cluster_weights))]
-        weights = self.corpus.weights[cluster] / self.corpus.weights[cluster].sum()
-        return self.rng.choice(cluster, size=min(ways, len(cluster)), replace=False, p=weights)
+        c = int(self.rng.choice(len(self.clusters), p=self.cluster_weights))
+        cluster = self.clusters[c]
+        return self.rng.choice(cluster, size=min(ways, len(cluster)), replace=False, p=self.word_weights[c])
 
     def _draw(self, chosen: list[str]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
         """(sentence id, class) pairs of the support and the query set."""

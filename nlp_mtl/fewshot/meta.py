@@ -106,8 +106,7 @@ class TaskEpisodes:
 
 
 def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig, seed: int,
-                    input_embeddings: torch.Tensor | None = None
-                    ) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
+                    input_embeddings: torch.Tensor) -> tuple[list[TaskEpisodes | MaskedWordEpisodes], np.ndarray]:
     """Every source of episodes and how often each is drawn: the tasks share ``1 - masked_words``
     evenly, the masked-word levels share ``masked_words``. ``input_embeddings`` (the encoder's
     word embedding table) groups the masked words when ``masked_word_clusters`` is set."""
@@ -122,8 +121,6 @@ def episode_sources(tasks: list[PreparedTask], tokenizer: Any, mc: MetaConfig, s
         corpus = MaskedWordCorpus.build([t.data for t in tasks], mc.shots + mc.query_shots, seed=seed)
         clusters = None
         if mc.masked_word_clusters and corpus.words:
-            if input_embeddings is None:
-                raise ValueError("meta.masked_word_clusters needs the encoder's input embeddings")
             clusters = word_clusters(corpus.words, tokenizer, input_embeddings, mc.masked_word_clusters, seed)
         for j, level in enumerate(mc.masked_word_levels):
             try:
