@@ -426,6 +426,12 @@ class MetaConfig:
     learn_inner_lr: bool = False
     # Outer learning rate of the learnt rates' logarithms (a step of 0.01 changes a rate by 1 %).
     inner_lr_outer_lr: float = 0.01
+    # Warp layers (meta-adapters): a bottleneck after every layer's FFN output, identity at the
+    # start, learnt in the outer loop only and frozen in the inner loop and in `adapt`, so they
+    # learn to shape how the adapter adapts. Saved with the adapter group. Not with reptile.
+    warp_layers: bool = False
+    # Warp layers' bottleneck width = hidden size / warp_reduction_factor.
+    warp_reduction_factor: int = 16
     # Episodes (one task each) averaged into one outer update.
     meta_batch: int = 2
     # The adapter initialisation to start from: a run directory and its adapter group, e.g. a
@@ -456,6 +462,11 @@ class MetaConfig:
                 raise ConfigError(f"{where}.{key}: expected an integer > 0, got {getattr(self, key)}.")
         if not 2 <= self.min_ways <= self.ways:
             raise ConfigError(f"{where}: expected 2 <= min_ways <= ways, got min_ways {self.min_ways}, ways {self.ways}.")
+        if self.warp_layers and self.algorithm == "reptile":
+            raise ConfigError(f"{where}.warp_layers: warp layers learn from the query loss's gradient (fomaml or "
+                              "maml); reptile's outer update has none.")
+        if self.warp_reduction_factor <= 0:
+            raise ConfigError(f"{where}.warp_reduction_factor: expected an integer > 0, got {self.warp_reduction_factor}.")
         if self.learn_inner_lr and self.algorithm == "reptile":
             raise ConfigError(f"{where}.learn_inner_lr: needs a gradient through the inner steps (fomaml or maml); "
                               "reptile's outer update has none.")

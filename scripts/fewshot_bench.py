@@ -65,6 +65,7 @@ def meta_name(args: argparse.Namespace, learn_rule: bool = False) -> str:
     name = f"meta_{args.algorithm}_{args.meta_episodes}ep_{args.inner_steps}in"
     name += f"_mw{args.masked_words:g}" if args.masked_words else ""
     name += f"_cl{args.masked_word_clusters}" if args.masked_words and args.masked_word_clusters else ""
+    name += "_warp" if args.warp_layers else ""
     return name + ("_metasgd" if learn_rule else "")
 
 
@@ -88,6 +89,7 @@ def train_stages(split: str, args: argparse.Namespace, work: Path) -> tuple[Path
         "meta": {"algorithm": args.algorithm, "episodes": args.meta_episodes, "init_from": str(work / "mtl"),
                  "init_group": "shared", "ways": 5, "shots": 4, "query_shots": 4, "inner_steps": args.inner_steps,
                  "masked_words": args.masked_words, "masked_word_clusters": args.masked_word_clusters,
+                 "warp_layers": args.warp_layers,
                  "log_every": 25},
     }
     if args.data_root:
@@ -247,6 +249,9 @@ def main() -> None:
     parser.add_argument("--masked-word-clusters", type=int, default=0,
                         help="draw each masked-word episode's words from one of N k-means clusters of the "
                              "encoder's word embeddings (0: from all words)")
+    parser.add_argument("--warp-layers", action="store_true",
+                        help="meta-train warp layers too (meta.warp_layers): learnt in the outer loop, frozen while "
+                             "adapting, kept by (c), (e) and (g)")
     parser.add_argument("--adapter", default="lora")
     parser.add_argument("--adapter-options", help="JSON (default: LoRA r=8 on every linear layer, as the main job)",
                         default='{"rank": 8, "alpha": 16, "target_modules": ["query", "key", "value", '

@@ -199,6 +199,9 @@ def _start(model: MultiTaskModel, task: PreparedTask, info: TaskHeadInfo, init: 
     copy of ``init`` with its delta times ``settings.init_scale``)."""
     if init != "full":
         group = model.add_adapter_group(task.name, copy_from=None if init == "fresh" else init)
+        # Meta-learnt warp layers shape how the deltas learn; adaptation leaves them as they are.
+        for param in group.warp_parameters():
+            param.requires_grad_(False)
         if init != "fresh" and not _by_rule(group, settings):
             # A start adapted by its learnt update rule is used as meta-trained: the rule was
             # learnt for that start, not for a shrunk one.

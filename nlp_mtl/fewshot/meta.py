@@ -10,7 +10,9 @@ initialisation (the adapter group ``meta``) so that this adaptation does well on
     maml      the true gradient through the inner steps (torch.func, create_graph)
     reptile   outer gradient = initial - adapted weights (query used for reporting only)
 
-The encoder stays frozen; only the adapter initialisation is learnt.
+The encoder stays frozen; only the adapter initialisation is learnt, and with
+``meta.learn_inner_lr`` / ``meta.warp_layers`` the inner learning rates / warp layers too, both
+outer-loop only: the inner steps adapt the adapter and head alone.
 """
 
 from __future__ import annotations
@@ -149,16 +151,18 @@ class EpisodeResult:
 
 def run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: dict[str, torch.Tensor],
                 query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig,
-                rule: UpdateRule | None = None) -> EpisodeResult:
+                rule: UpdateRule | None = None, warps: dict[str, nn.Parameter] | None = None) -> EpisodeResult:
     """Adapt to one episode from ``init`` (the adapter initialisation) and return its outer
-    gradient; with a learnt update ``rule``, its rates' gradients too (named as in ``rule_names``)."""
+    gradient; with a learnt update ``rule``, its rates' gradients too (named as in ``rule_names``);
+    with ``warps`` (warp-layer parameters, named as in functional_call), theirs: the inner steps
+    leave them as they are, the query loss after adaptation gives their gradient."""
     if mc.algorithm == "maml":
         # The fused attention kernels have no double backward; the plain one does.
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.MATH):
-            return _run_episode(module, init, support, query, num_labels, mc, rule)
-    return _run_episode(module, init, support, query, num_labels, mc, rule)
+            return _run_episode(module, init, support, query, num_labels, mc, rule, warps or {})
+    return _run_episode(module, init, support, query, num_labels, mc, rule, warps or {})
 
 
 def rule_names(rule: UpdateRule) -> dict[str, nn.Parameter]:
@@ -174,7 +178,7 @@ def _step_size(rule: UpdateRule | None, name: str, tensor: torch.Tensor, fixed: 
 
 def _run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: dict[str, torch.Tensor],
                  query: dict[str, torch.Tensor], num_labels: int, mc: MetaConfig,
-                 rule: UpdateRule | None) -> EpisodeResult:
+                 rule: UpdateRule | None, warps: dict[str, nn.Parameter]) -> EpisodeResult:
     second_order = mc.algorithm == "maml"
     keep_graph = mc.algorithm != "reptile"
     # The head starts from the support set's prototypes. Except for Reptile, the outer gradient
@@ -201,7 +205,7 @@ def _run_episode(module: EpisodeModel, init: dict[str, nn.Parameter], support: d
         # through every step (first order too: only the inner gradients g are constants there).
         fast = {n: (fast[n] - _step_size(rule, n, fast[n], mc.inner_lr) * g if g is not None else fast[n])
                 for n, g in zip(names, grads)}
-    learnt = {**init, **(rule_names(rule) if rule is not None else {})}
+    learnt = {**init, **(rule_names(rule) if rule is not None else {}), **warps}
     names = list(learnt)
     if mc.algorithm == "reptile":
         with torch.no_grad():
@@ -297,7 +301,13 @@ class EpisodeLoss:
         if not mc.learn_inner_lr:
             group.update_rule = None  # a rule that came with meta.init_from was learnt for that start, not this one
         self.rule = group.learn_update_rule(mc.inner_lr, mc.inner_steps) if mc.learn_inner_lr else None
-        self.learnt = {**self.init, **(rule_names(self.rule) if self.rule is not None else {})}
+        if mc.warp_layers:
+            model.add_warp_layers(META_GROUP, mc.warp_reduction_factor)
+        else:
+            group.warps = None  # likewise warp layers that came with meta.init_from
+        self.warps = (dict(group.warps.named_parameters(prefix=f"model.adapters.{META_GROUP}.warps"))
+                      if group.warps is not None else {})
+        self.learnt = {**self.init, **(rule_names(self.rule) if self.rule is not None else {}), **self.warps}
         self.results: list[tuple[str, EpisodeResult]] = []
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
@@ -307,7 +317,7 @@ class EpisodeLoss:
                                              episode.head_options, f"{episode.source}.head").to(device)
         with self.accelerator.autocast():
             result = run_episode(EpisodeModel(self.model, head, META_GROUP), self.init, episode.support,
-                                 episode.query, episode.num_labels, self.mc, self.rule)
+                                 episode.query, episode.num_labels, self.mc, self.rule, self.warps)
         grads = [result.grads[n].detach() for n in self.learnt]
         if self.accelerator.num_processes > 1:
             # One all-reduce of the whole outer gradient, not one per adapter tensor.
@@ -400,7 +410,7 @@ def meta_train_loop(model: MultiTaskModel, tasks: list[PreparedTask], mc: MetaCo
     loss = EpisodeLoss(model, mc, accelerator)
     # Only the optimizer is prepared: there is no model-level all-reduce to do, since
     # EpisodeLoss averages the outer gradient over the processes itself.
-    groups = [{"params": list(loss.init.values()), "lr": mc.outer_lr}]
+    groups = [{"params": list(loss.init.values()) + list(loss.warps.values()), "lr": mc.outer_lr}]
     if loss.rule is not None:
         groups.append({"params": list(loss.rule.parameters()), "lr": mc.inner_lr_outer_lr})
     optimizer = accelerator.prepare(torch.optim.Adam(groups))
@@ -455,10 +465,13 @@ def meta_train(config: ExperimentConfig, run: Any, quiet: bool = False, overwrit
     if resume and find_checkpoint(run.last_dir) is None:
         raise UserError(f"{run.path}: no checkpoint to resume from (expected {run.last_dir}).")
     model, tasks, specs = _prepare_meta_run(config, run, accelerator, overwrite, resume, quiet, say)
-    adapter = sum(p.numel() for p in model.adapters[META_GROUP].parameters())
+    adapter = sum(p.numel() for p in model.adapters[META_GROUP].delta_parameters())
     encoder_size = sum(p.numel() for p in model.encoder.parameters())
     say(f"meta-training a {model.adapter_setup.type} adapter initialisation ({adapter:,} parameters, "
-        f"{100 * adapter / encoder_size:.2f}% of the encoder) with {mc.algorithm}: {mc.episodes} episodes of "
+        f"{100 * adapter / encoder_size:.2f}% of the encoder"
+        + (f"; and warp layers after every FFN output, reduction factor {mc.warp_reduction_factor}, frozen in "
+           "the inner loop" if mc.warp_layers else "")
+        + f") with {mc.algorithm}: {mc.episodes} episodes of "
         f"up to {mc.ways}-way {mc.shots}-shot (query {mc.query_shots}), {mc.inner_steps} inner steps, "
         f"on {', '.join(t.name for t in tasks)}"
         + (f" ({100 * mc.masked_words:.0f}% masked-word episodes: {', '.join(mc.masked_word_levels)})"

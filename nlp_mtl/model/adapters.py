@@ -7,6 +7,11 @@ layer's input and output and returns the adapted output)::
     houlsby     out + up(act(down(out)))  after the attention output and the FFN output
     pfeiffer    the same bottleneck, after the FFN output only
 
+A group may also carry *warp layers* (``meta.warp_layers``): a bottleneck after every layer's
+FFN output, learnt by meta-training in the outer loop only and kept frozen when ``adapt``
+trains the group's deltas, so they shape how the adapter learns rather than what it knows
+(the meta-adapters of Bansal, Jha and McCallum 2022; WarpGrad, Flennerhag et al. 2020).
+
 Adapters are attached with forward hooks rather than by replacing modules, so the encoder's
 own ``state_dict`` (and its ``save_pretrained`` / export) never sees them: the base encoder
 stays a plain ``AutoModel`` checkpoint, and each adapter set is a separate, small tensor file.
@@ -147,9 +152,9 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.
 class BottleneckLayer(nn.Module):
     """A bottleneck adapter after one linear layer: its output plus up(act(down(output)))."""
 
-    def __init__(self, width: int, options: BottleneckOptions) -> None:
+    def __init__(self, width: int, options: BottleneckOptions, bottleneck: int | None = None) -> None:
         super().__init__()
-        self.down = nn.Linear(width, max(1, width // options.reduction_factor))
+        self.down = nn.Linear(width, bottleneck or max(1, width // options.reduction_factor))
         self.act = _ACTIVATIONS[options.activation]()
         self.up = nn.Linear(self.down.out_features, width)
         self.dropout = nn.Dropout(options.dropout) if options.dropout else nn.Identity()
@@ -210,6 +215,11 @@ def resolve_targets(encoder: nn.Module, adapter_type: str, options: Any, where: 
     return sorted(found, key=linears.index)
 
 
+def warp_layer_targets(encoder: nn.Module) -> list[str]:
+    """The linear layers warp layers follow: every layer's FFN output (as a Pfeiffer adapter)."""
+    return resolve_targets(encoder, "pfeiffer", BottleneckOptions(), "meta.warp_layers")
+
+
 def module_key(name: str) -> str:
     """Module names contain dots, which ModuleDict keys may not."""
     return name.replace(".", "__")
@@ -243,8 +253,9 @@ def rule_key(name: str) -> str:
 
 
 class AdapterSet(nn.Module):
-    """One group's adapters: a delta module per target layer, and, after meta-training with a
-    learned update rule (``meta.learn_inner_lr``), that rule (else None)."""
+    """One group's adapters: a delta module per target layer; after meta-training with a
+    learned update rule (``meta.learn_inner_lr``), that rule (else None); after meta-training
+    with ``meta.warp_layers``, the warp layers (else None)."""
 
     def __init__(self, encoder: nn.Module, adapter_type: str, options: Any, targets: list[str]) -> None:
         super().__init__()
@@ -252,6 +263,19 @@ class AdapterSet(nn.Module):
         modules = dict(encoder.named_modules())
         self.deltas = nn.ModuleDict({module_key(name): kind.build(modules[name], options) for name in targets})
         self.update_rule: UpdateRule | None = None
+        self.warps: nn.ModuleDict | None = None
+
+    def add_warp_layers(self, widths: dict[str, int], reduction_factor: int = 16) -> nn.ModuleDict:
+        """Identity-initialised warp layers after the layers ``widths`` names (module name ->
+        output width); a group that has them keeps them (resumed or continued meta-training)."""
+        if self.warps is None:
+            options = BottleneckOptions(reduction_factor=reduction_factor)
+            device = next(self.deltas.parameters()).device
+            self.warps = nn.ModuleDict({module_key(n): BottleneckLayer(w, options) for n, w in widths.items()}).to(device)
+        return self.warps
+
+    def warp_parameters(self) -> list[nn.Parameter]:
+        return list(self.warps.parameters()) if self.warps is not None else []
 
     def learn_update_rule(self, rate: float, steps: int) -> UpdateRule:
         """Give the group an update rule starting at ``rate`` for every tensor, for ``steps``
@@ -277,17 +301,26 @@ class AdapterSet(nn.Module):
             for key in names:
                 self.update_rule.log_rates[key] = nn.Parameter(torch.zeros(()))
             self.update_rule.to(next(self.deltas.parameters()).device)
+        # Warp layers likewise, their sizes read from the saved tensors.
+        downs = {k[len("warps."):-len(".down.weight")]: v.shape for k, v in state_dict.items()
+                 if k.startswith("warps.") and k.endswith(".down.weight")}
+        if downs and self.warps is None:
+            device = next(self.deltas.parameters()).device
+            self.warps = nn.ModuleDict({key: BottleneckLayer(int(shape[1]), BottleneckOptions(), int(shape[0]))
+                                        for key, shape in downs.items()}).to(device)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def scale_(self, factor: float) -> None:
         """Scale every delta by ``factor``: 1 keeps the adapter, 0 gives the bare encoder, and
-        in between lies the straight line from the pretrained encoder to the adapted one."""
+        in between lies the straight line from the pretrained encoder to the adapted one. Warp
+        layers are not scaled: they are part of how the group adapts, not of what it learnt."""
         for delta in self.deltas.values():
             delta.scale_(factor)
 
 
 class AdapterHooks:
-    """Forward hooks on the target layers that run the routed group's adapter layers.
+    """Forward hooks on the target layers that run the routed group's adapter layers (its
+    delta, then its warp layer, where it has them there).
 
     The group is context-local (``routed(group)``; None, the default, runs the bare encoder):
     each thread or asyncio task routes its own passes, so concurrent predictions through
@@ -306,7 +339,12 @@ class AdapterHooks:
             group = self._group.get()
             if group is None:
                 return None
-            return self.adapters[group].deltas[key](inputs[0], output)
+            adapter = self.adapters[group]
+            if key in adapter.deltas:
+                output = adapter.deltas[key](inputs[0], output)
+            if adapter.warps is not None and key in adapter.warps:
+                output = adapter.warps[key](inputs[0], output)
+            return output
 
         return add_delta
 
@@ -327,6 +365,9 @@ class AdapterHooks:
 def merge_into_encoder(encoder: nn.Module, adapter_set: AdapterSet) -> None:
     """Fold an adapter set into the encoder's weights (LoRA only: W + (alpha/r) B A), giving a
     plain encoder that computes what encoder + adapter computed."""
+    if adapter_set.warps is not None:
+        raise ConfigError("this adapter group carries meta-learnt warp layers, which stock Hugging Face models lack; "
+                          "save the task with --adapter-only instead.")
     modules = dict(encoder.named_modules())
     for key, delta in adapter_set.deltas.items():
         if not hasattr(delta, "merged_weight_delta"):

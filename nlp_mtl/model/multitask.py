@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..fileio import atomic_directory, check_format_version
 from ..registry import HEADS
 from ..schema import to_mapping
-from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets
+from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets, warp_layer_targets
 from .heads import Head
 
 FORMAT_VERSION = 1
@@ -102,7 +102,16 @@ class MultiTaskModel(nn.Module):
         self.adapter_setup = AdapterSetup(setup.type, dict(setup.options), [], setup.train_backbone)
         for group in setup.groups:
             self.add_adapter_group(group)
-        self._hooks = AdapterHooks(self.encoder, self.adapters, self._adapter_targets)
+        # Hooks on the warp layers' places too, so a group with warp layers runs them wherever
+        # it was made or loaded; on groups without them such a hook passes the output through.
+        hooked = self._adapter_targets + [n for n in warp_layer_targets(self.encoder) if n not in self._adapter_targets]
+        self._hooks = AdapterHooks(self.encoder, self.adapters, hooked)
+
+    def add_warp_layers(self, group: str, reduction_factor: int = 16) -> nn.ModuleDict:
+        """Give ``group`` warp layers (kept if it has them): one after every FFN output."""
+        modules = dict(self.encoder.named_modules())
+        widths = {name: modules[name].out_features for name in warp_layer_targets(self.encoder)}
+        return self.adapters[group].add_warp_layers(widths, reduction_factor)
 
     def add_task(self, info: TaskHeadInfo) -> None:
         """A new head (fresh weights) for ``info``; its adapter group must exist."""
