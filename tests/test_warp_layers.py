@@ -109,3 +109,17 @@ def test_warp_layers_config_errors_and_merge_refusal(tiny_bert, data_dir, capsys
     assert "warp layers after every FFN output" in capsys.readouterr().out
     assert main(["adapt", str(run), "--task", str(data_dir / "specs" / "toy_sent.yaml"), "--shots", "4",
                  "--seeds", "1", "--init", "meta"]) == 0
+
+
+def test_an_encoder_without_known_ffn_layers_gets_no_warp_hooks():
+    """Adapters with explicit target patterns still install on an encoder whose layer names the
+    family table does not know; only warp layers are unavailable there."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from nlp_mtl.model.adapters import warp_layer_targets
+
+    encoder = nn.Sequential(nn.Linear(4, 4))
+    encoder.config = SimpleNamespace(model_type="bert")
+    assert warp_layer_targets(encoder) == []

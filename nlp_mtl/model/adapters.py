@@ -216,8 +216,12 @@ def resolve_targets(encoder: nn.Module, adapter_type: str, options: Any, where: 
 
 
 def warp_layer_targets(encoder: nn.Module) -> list[str]:
-    """The linear layers warp layers follow: every layer's FFN output (as a Pfeiffer adapter)."""
-    return resolve_targets(encoder, "pfeiffer", BottleneckOptions(), "meta.warp_layers")
+    """The linear layers warp layers follow: every layer's FFN output (as a Pfeiffer adapter);
+    none for an encoder whose layer names the family table does not know."""
+    try:
+        return resolve_targets(encoder, "pfeiffer", BottleneckOptions(), "meta.warp_layers")
+    except ConfigError:  # adapters with explicit target patterns still work on such an encoder
+        return []
 
 
 def module_key(name: str) -> str:

@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..fileio import atomic_directory, check_format_version
 from ..registry import HEADS
 from ..schema import to_mapping
-from .adapters import AdapterHooks, AdapterSet, parse_options, resolve_targets, warp_layer_targets
+from .adapters import FAMILY_LAYERS, AdapterHooks, AdapterSet, parse_options, resolve_targets, warp_layer_targets
 from .heads import Head
 
 FORMAT_VERSION = 1
@@ -109,8 +109,13 @@ class MultiTaskModel(nn.Module):
 
     def add_warp_layers(self, group: str, reduction_factor: int = 16) -> nn.ModuleDict:
         """Give ``group`` warp layers (kept if it has them): one after every FFN output."""
+        targets = warp_layer_targets(self.encoder)
+        if not targets:
+            raise ConfigError(f"meta.warp_layers: no FFN output layer found in this "
+                              f"{getattr(self.encoder.config, 'model_type', '')} encoder to put warp layers after "
+                              f"(known families: {', '.join(FAMILY_LAYERS)}).")
         modules = dict(self.encoder.named_modules())
-        widths = {name: modules[name].out_features for name in warp_layer_targets(self.encoder)}
+        widths = {name: modules[name].out_features for name in targets}
         return self.adapters[group].add_warp_layers(widths, reduction_factor)
 
     def add_task(self, info: TaskHeadInfo) -> None:
