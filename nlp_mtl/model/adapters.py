@@ -273,10 +273,14 @@ class AdapterSet(nn.Module):
         """Identity-initialised warp layers after the layers ``widths`` names (module name ->
         output width); a group that has them keeps them (resumed or continued meta-training)."""
         if self.warps is None:
-            options = BottleneckOptions(reduction_factor=reduction_factor)
-            device = next(self.deltas.parameters()).device
-            self.warps = nn.ModuleDict({module_key(n): BottleneckLayer(w, options) for n, w in widths.items()}).to(device)
+            self._install_warps({module_key(n): (w, max(1, w // reduction_factor)) for n, w in widths.items()})
         return self.warps
+
+    def _install_warps(self, sizes: dict[str, tuple[int, int]]) -> None:
+        """Warp layers keyed like ``deltas``, each (width, bottleneck width), on the deltas' device."""
+        device = next(self.deltas.parameters()).device
+        self.warps = nn.ModuleDict({key: BottleneckLayer(width, BottleneckOptions(), bottleneck)
+                                    for key, (width, bottleneck) in sizes.items()}).to(device)
 
     def warp_parameters(self) -> list[nn.Parameter]:
         return list(self.warps.parameters()) if self.warps is not None else []
@@ -309,9 +313,7 @@ class AdapterSet(nn.Module):
         downs = {k[len("warps."):-len(".down.weight")]: v.shape for k, v in state_dict.items()
                  if k.startswith("warps.") and k.endswith(".down.weight")}
         if downs and self.warps is None:
-            device = next(self.deltas.parameters()).device
-            self.warps = nn.ModuleDict({key: BottleneckLayer(int(shape[1]), BottleneckOptions(), int(shape[0]))
-                                        for key, shape in downs.items()}).to(device)
+            self._install_warps({key: (int(shape[1]), int(shape[0])) for key, shape in downs.items()})
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def scale_(self, factor: float) -> None:
