@@ -92,3 +92,56 @@ def test_training_step_uses_no_bernoulli(tiny_bert) -> None:
     names = {e.key for e in prof.key_averages()}
     assert "aten::bernoulli_" not in names
     assert "aten::random_" in names
+
+
+# ---- the reused word-embedding gradient ---------------------------------------------------
+
+def _grads_after_two_micro_steps(encoder, batches) -> dict[str, torch.Tensor]:
+    encoder.zero_grad(set_to_none=True)
+    for ids in batches:
+        encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state.pow(2).sum().backward()
+    return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+
+def test_reused_embedding_grad_gives_the_dense_gradient(tiny_bert) -> None:
+    """Same weights, same batches (a repeated id, padding, two micro-steps accumulated): every
+    gradient as with nn.Embedding, the word embeddings' a plain dense tensor."""
+    from nlp_mtl.kernels import ReusedGradEmbedding, use_reused_embedding_grad
+
+    torch.manual_seed(0)
+    dense = BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    reused = BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    weight = reused.get_input_embeddings().weight
+    assert use_reused_embedding_grad(reused)
+    assert isinstance(reused.get_input_embeddings(), ReusedGradEmbedding)
+    assert reused.get_input_embeddings().weight is weight  # the same Parameter: optimizers keep it
+    assert reused.state_dict().keys() == dense.state_dict().keys()
+    batches = [torch.tensor([[2, 5, 5, 7, 3, 0], [2, 8, 3, 0, 0, 0]]), torch.tensor([[2, 5, 9, 3]])]
+    expected, got = _grads_after_two_micro_steps(dense, batches), _grads_after_two_micro_steps(reused, batches)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert not got[name].is_sparse, name
+        assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=1e-5), name
+    word = "embeddings.word_embeddings.weight"
+    assert got[word][0].abs().sum() == 0 and got[word][5].abs().sum() > 0  # padding row untouched, id 5 seen
+
+
+def test_reused_embedding_grad_keeps_one_matrix_and_rezeroes_it(tiny_bert) -> None:
+    from nlp_mtl.kernels import use_reused_embedding_grad
+
+    encoder = BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    use_reused_embedding_grad(encoder)
+    weight = encoder.get_input_embeddings().weight
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
+    seen = []
+    for ids in (torch.tensor([[2, 5, 6, 3]]), torch.tensor([[2, 8, 3]])):
+        encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.sum().backward()
+        seen.append((weight.grad.data_ptr(), set(weight.grad.abs().sum(1).nonzero().flatten().tolist())))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        assert weight.grad is None
+    assert seen[0][0] == seen[1][0]  # the same memory both steps
+    assert seen[1][1] == {2, 8, 3}  # zeroed in between: the first step's rows 5 and 6 are gone
+    with torch.no_grad():  # no gradient wanted: plain lookup, nothing installed
+        encoder(input_ids=torch.tensor([[2, 5, 3]]))
+    assert weight.grad is None

@@ -51,7 +51,7 @@ from ..errors import UserError
 from ..evaluation import evaluate_tasks
 from ..evaluation.evaluate import predict_split
 from ..fileio import atomic_write
-from ..kernels import use_fast_cpu_dropout
+from ..kernels import use_fast_cpu_dropout, use_fast_cpu_training
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..training.accelerator import make_accelerator
 from ..training.callbacks import JsonlLog, LossLogger, RecordList, ThroughputMeter
@@ -149,8 +149,8 @@ def resolve_init(model: MultiTaskModel, init: str) -> tuple[str, ...]:
 
 def prepare_model(model: MultiTaskModel) -> MultiTaskModel:
     """Give a run without adapters a setup, so that 'fresh' has an adapter type to build; train
-    with the fast CPU dropout."""
-    use_fast_cpu_dropout(model)
+    with the fast CPU dropout and embedding gradient."""
+    use_fast_cpu_training(model)
     if model.adapter_setup is not None:
         return model
     kind, options = DEFAULT_FRESH_ADAPTER

@@ -27,7 +27,7 @@ from ..data.pipeline import PreparedTask, encode_all, load_all
 from ..data.sampler import BatchCursor, LengthGroupedBatches, TaskSampler
 from ..errors import UserError
 from ..evaluation import evaluate_tasks, write_reports
-from ..kernels import attention_for_varying_shapes, use_fast_cpu_dropout
+from ..kernels import attention_for_varying_shapes, use_fast_cpu_training
 from ..model import AdapterSetup, MultiTaskModel, TaskHeadInfo
 from ..run_dir import RunDir
 from ..task_types.base import TaskReport
@@ -79,7 +79,7 @@ def build_model(config: ExperimentConfig, encoder: Any, tokenizer: Any, tasks: l
         if not ac.train_backbone:
             encoder.requires_grad_(False)
     model = MultiTaskModel(encoder, infos, tokenizer, setup)
-    use_fast_cpu_dropout(model)
+    use_fast_cpu_training(model)
     return model
 
 
