@@ -11,6 +11,8 @@ For each task, K and seed, one support set (K train examples per class, drawn by
 - `adapt`: `nlp-mtl adapt`'s default recipe with a fresh adapter on the pretrained embedded
   MiniLM (the prototype head, then head and adapter fine-tuning);
 - `adapt + pairs`: the same after `--pair-rounds 20`, the contrastive stage, on the adapter;
+- `adapt + pairs, lr 3e-4`: the same with `--lr 3e-4` (adapter and head, pairs included) instead
+  of 1e-3; `..., head only` adds `--pair-head-only`;
 - `full + pairs`: `--init full --pair-rounds 20`: pairs train the whole encoder, then head and
   encoder are fine-tuned on the support set (SetFit's end-to-end variant);
 - `full + pairs, head only`: `--init full --pair-rounds 20 --pair-head-only`, SetFit's recipe
@@ -40,6 +42,8 @@ import numpy as np
 TASKS = ["trec_coarse", "sst2", "trec_fine", "conll_entity_type"]
 # adapt's settings per method (SetFit runs the setfit package instead).
 METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
+           "adapt + pairs, lr 3e-4": {"pair_rounds": 20, "lr": 3e-4},
+           "adapt + pairs, lr 3e-4, head only": {"pair_rounds": 20, "lr": 3e-4, "pair_head_only": True},
            "full + pairs": {"init": "full", "pair_rounds": 20},
            "full + pairs, head only": {"init": "full", "pair_rounds": 20, "pair_head_only": True}, "SetFit": None}
 
