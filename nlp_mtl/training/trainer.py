@@ -217,9 +217,9 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str)
     """'auto': compile bf16 steps on a CPU (``precision`` as accelerate runs it), the one case
     measured to pay. With scripts/bench.py on a 2-core AMX Xeon the compiled bf16 step ran
     1.2-1.3x the eager one, and its compiles (about 90 s for the main job's three tasks) were
-    repaid within the main job; in fp32 the compiled step ran 1.02-1.09x there and 1.035x on a
-    2-core AVX2 EPYC (median of 3 rounds), which does not repay them. On GPUs it is not measured
-    yet, so 'auto' leaves it off there (``true`` turns it on)."""
+    repaid within the main job; in fp32 the compiled step ran 1.02-1.09x there and 0.98x-1.035x
+    on a 2-core AVX2 EPYC (medians of 3 rounds, two runs), which does not repay them. On GPUs
+    it is not measured yet, so 'auto' leaves it off there (``true`` turns it on)."""
     if requested == "auto":
         return device.type == "cpu" and precision == "bf16"
     return bool(requested)
