@@ -123,19 +123,28 @@ def adapter_config(adapters: dict | None):
     return from_mapping(AdapterConfig, adapters or {}, "bench.adapters")
 
 
-def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str,
-                  adapters: dict | None = None, compile: bool = False, batch_tokens: int | None = None) -> dict:
+def training_config(examples: int, steps: int, batch_size: int, precision: str, log_every: int,
+                    adapters: dict | None = None, compile: bool = False, batch_tokens: int | None = None):
+    """The bench's nlp-mtl run: CoNLL-2003 NER on the embedded MiniLM, no evaluation or checkpoints
+    (scripts/profile_step.py profiles the same run)."""
     from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
-    from nlp_mtl.run_dir import RunDir
-    from nlp_mtl.training import train
 
-    config = ExperimentConfig(
+    return ExperimentConfig(
         name="bench", tasks=[TaskEntry(spec="conll2003_ner")], adapters=adapter_config(adapters),
         data=DataConfig(limit={"train": examples, "validation": 64, "test": 64}),
-        training=TrainingConfig(batch_size=batch_size, steps=warmup + steps, log_every=warmup, eval_every=10**6,
+        training=TrainingConfig(batch_size=batch_size, steps=steps, log_every=log_every, eval_every=10**6,
                                 checkpoint_every=0, log_with="none", seed=SEED, mixed_precision=precision,
                                 compile=compile, batch_tokens=batch_tokens),
     )
+
+
+def bench_nlp_mtl(examples: int, warmup: int, steps: int, batch_size: int, precision: str,
+                  adapters: dict | None = None, compile: bool = False, batch_tokens: int | None = None) -> dict:
+    from nlp_mtl.run_dir import RunDir
+    from nlp_mtl.training import train
+
+    config = training_config(examples, warmup + steps, batch_size, precision, log_every=warmup,
+                             adapters=adapters, compile=compile, batch_tokens=batch_tokens)
     meter = warmed_up_meter(warmup)
     with tempfile.TemporaryDirectory() as tmp:
         train(config, RunDir(Path(tmp) / "run"), quiet=True, callbacks=[meter])

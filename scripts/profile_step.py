@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+# The bench's run, built by the bench (scripts/ is not a package).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import training_config  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +50,6 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from nlp_mtl.config import DataConfig, ExperimentConfig, TaskEntry, TrainingConfig
     from nlp_mtl.run_dir import RunDir
     from nlp_mtl.training import train
     from nlp_mtl.training.callbacks import Callback
@@ -94,12 +98,8 @@ def main() -> None:
               f"{matmul_flops / matmul / 1e3:.1f} GFLOP/s (padding included)\n")
         print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=70))
 
-    config = ExperimentConfig(
-        name="profile", tasks=[TaskEntry(spec="conll2003_ner")],
-        data=DataConfig(limit={"train": args.examples, "validation": 64, "test": 64}),
-        training=TrainingConfig(batch_size=args.batch_size, steps=start + args.steps, log_every=10**6,
-                                eval_every=10**6, checkpoint_every=0, log_with="none", seed=0,
-                                mixed_precision=args.precision, compile=args.compile))
+    config = training_config(args.examples, start + args.steps, args.batch_size, args.precision, log_every=10**6,
+                             compile=args.compile)
     with tempfile.TemporaryDirectory() as tmp:
         train(config, RunDir(Path(tmp) / "run"), quiet=True, callbacks=[ProfiledWindow()])
 
