@@ -15,7 +15,8 @@ batch size and seed:
    and with `group_by_length`; samples/s, tokens/s and the encoder's effective GFLOP/s
    (6 x non-embedding parameters x real tokens / s) as a fraction of the matmul peak. With
    `--rounds N` every configuration runs N times, round robin, and its median round is reported
-   (on a machine whose CPUs are shared, one configuration run once can be 10-25 % off);
+   (on a machine whose CPUs are shared, one configuration run once can be 10-25 % off), with
+   the range of its round-by-round ratios to the Trainer's round in the same precision;
 3. inference: one encoder pass serving an NER and a classification head vs two models;
 4. peak resident memory of training with 1, 2 and 3 tasks, and its growth per task;
 5. data at scale: a synthetic NER task of 100k and 1M sentences read, checked and tokenised with
@@ -550,6 +551,11 @@ def run_rounds(runs: dict, rounds: int) -> dict:
     return rows
 
 
+def paired_ratios(ours: list[float], trainer: list[float]) -> list[float]:
+    """Round-by-round ratios of two configurations' speeds."""
+    return [a / b for a, b in zip(ours, trainer, strict=True)]
+
+
 def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
     # Against the Trainer's fastest stock setting in the same precision; by samples/s and by real
     # tokens/s, since the two trainers' timed batches hold different sentences.
@@ -566,7 +572,14 @@ def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_si
         row["vs_trainer_group_by_length"] = row["samples_per_s"] / base["samples_per_s"]
         row["vs_trainer_group_by_length_tokens"] = row["tokens_per_s"] / base["tokens_per_s"]
         spread = row.get("rounds_samples_per_s")
+        if spread and base.get("rounds_samples_per_s"):
+            # Round r of a row against round r of its Trainer: run minutes apart, the two share
+            # a slow spell of a shared machine, so this range shows how far one run can be off.
+            row["rounds_vs_trainer_group_by_length"] = paired_ratios(spread, base["rounds_samples_per_s"])
         spread = f"   rounds {min(spread):.1f}-{max(spread):.1f}" if spread else ""
+        paired = row.get("rounds_vs_trainer_group_by_length")
+        if paired and row is not base:
+            spread += f", per round {min(paired):.2f}x-{max(paired):.2f}x"
         print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['tokens_per_sample']:10.1f} "
               f"{row['gflops']:8.1f} {100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:25.2f}x "
               f"{row['vs_trainer_group_by_length_tokens']:8.2f}x{spread}")

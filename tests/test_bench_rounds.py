@@ -46,3 +46,15 @@ def test_one_round_is_the_run_itself(bench):
 def test_an_even_count_takes_the_lower_middle(bench):
     rows = bench.run_rounds(fake_runs({"ours": [50.0, 40.0]}, []), 2)
     assert rows["ours"]["samples_per_s"] == 40.0
+
+
+def test_the_table_pairs_each_round_with_the_trainers_round(bench, capsys):
+    rows = bench.run_rounds(fake_runs({"ours": [40.0, 50.0, 48.0], "Trainer, group_by_length": [20.0, 40.0, 32.0]},
+                                      []), 3)
+    out = {"matmul_gflops": {"fp32": 100.0, "bf16": 400.0}}
+    bench.training_table(rows, out, flops_per_token=1e9, batch_size=32, steps=10, warmup=2)
+    assert out["training"]["ours"]["vs_trainer_group_by_length"] == 48.0 / 32.0
+    assert out["training"]["ours"]["rounds_vs_trainer_group_by_length"] == [2.0, 1.25, 1.5]
+    printed = capsys.readouterr().out
+    assert "per round 1.25x-2.00x" in printed
+    assert printed.count("per round") == 1  # not on the Trainer's own row
