@@ -135,8 +135,9 @@ def _register_attention() -> None:
 # fresh pages, so the zero fill page-faults through all of it: 15 ms, against 1 ms to zero a
 # matrix already in memory (2-core EPYC), and 18.6 ms of a 165 ms compiled bf16 step in
 # torch.profiler. So the lookup hands autograd a sparse gradient (the batch's rows), which it
-# adds in place into a dense gradient that this module installs, zeroed, whenever the weight
-# has none and keeps between steps. The optimizer sees the same dense gradient as before.
+# adds in place into a dense gradient that this module installs, zeroed, when backward reaches
+# a weight that has none, and keeps between steps. The optimizer sees the same dense gradient
+# as before.
 
 
 class ReusedGradEmbedding(nn.Embedding):
@@ -156,17 +157,25 @@ class ReusedGradEmbedding(nn.Embedding):
     # Eager even inside a compiled step: it sets .grad, and its sparse backward is not traced.
     @torch.compiler.disable
     def _lookup_into_kept_grad(self, input: torch.Tensor) -> torch.Tensor:
+        output = nn.functional.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                                         self.scale_grad_by_freq, sparse=True)
+        # Installed when backward reaches the lookup, not here: a forward that no backward
+        # follows (inference with gradients on) leaves .grad None, as nn.Embedding does, so an
+        # optimizer step skips the weight instead of decaying it with a zero gradient.
+        output.register_hook(self._install_kept_grad)
+        return output
+
+    def _install_kept_grad(self, output_grad: torch.Tensor) -> None:
         weight = self.weight
-        if weight.grad is None:
-            kept = self._kept_grad
-            if kept is None or kept.shape != weight.shape or kept.dtype != weight.dtype or kept.device != weight.device:
-                kept = torch.zeros_like(weight)
-                object.__setattr__(self, "_kept_grad", kept)  # not a buffer: no state dict entry
-            else:
-                kept.zero_()
-            weight.grad = kept
-        return nn.functional.embedding(input, weight, self.padding_idx, self.max_norm, self.norm_type,
-                                       self.scale_grad_by_freq, sparse=True)
+        if weight.grad is not None:  # accumulating micro-steps, or a second lookup this step
+            return
+        kept = self._kept_grad
+        if kept is None or kept.shape != weight.shape or kept.dtype != weight.dtype or kept.device != weight.device:
+            kept = torch.zeros_like(weight)
+            object.__setattr__(self, "_kept_grad", kept)  # not a buffer: no state dict entry
+        else:
+            kept.zero_()
+        weight.grad = kept
 
 
 def _several_processes() -> bool:

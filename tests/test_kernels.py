@@ -145,3 +145,22 @@ def test_reused_embedding_grad_keeps_one_matrix_and_rezeroes_it(tiny_bert) -> No
     with torch.no_grad():  # no gradient wanted: plain lookup, nothing installed
         encoder(input_ids=torch.tensor([[2, 5, 3]]))
     assert weight.grad is None
+
+
+def test_reused_embedding_grad_waits_for_backward(tiny_bert) -> None:
+    """A forward with gradients on but no backward (inference outside no_grad) leaves the word
+    embeddings without a gradient, as nn.Embedding does, so the optimizer skips them."""
+    from nlp_mtl.kernels import use_reused_embedding_grad
+
+    encoder = BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    use_reused_embedding_grad(encoder)
+    weight = encoder.get_input_embeddings().weight
+    before = weight.detach().clone()
+    encoder(input_ids=torch.tensor([[2, 5, 3]]))
+    assert weight.grad is None
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=0.5)
+    optimizer.step()
+    assert torch.equal(weight.detach(), before)  # no zero gradient decayed it
+    encoder(input_ids=torch.tensor([[2, 6, 3]])).last_hidden_state.sum().backward()
+    assert weight.grad is not None and not weight.grad.is_sparse
+    assert set(weight.grad.abs().sum(1).nonzero().flatten().tolist()) == {2, 6, 3}
