@@ -161,7 +161,8 @@ class ReusedGradEmbedding(nn.Embedding):
                                          self.scale_grad_by_freq, sparse=True)
         # Installed when backward reaches the lookup, not here: a forward that no backward
         # follows (inference with gradients on) leaves .grad None, as nn.Embedding does, so an
-        # optimizer step skips the weight instead of decaying it with a zero gradient.
+        # optimizer step skips the weight instead of decaying it with a zero gradient. (A
+        # torch.autograd.grad through the lookup still installs it, zeroed.)
         output.register_hook(self._install_kept_grad)
         return output
 

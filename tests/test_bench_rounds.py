@@ -58,3 +58,4 @@ def test_the_table_pairs_each_round_with_the_trainers_round(bench, capsys):
     printed = capsys.readouterr().out
     assert "per round 1.25x-2.00x" in printed
     assert printed.count("per round") == 1  # not on the Trainer's own row
+    assert "rounds_vs_trainer_group_by_length" not in out["training"]["Trainer, group_by_length"]

@@ -219,9 +219,9 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str)
     1.2-1.3x the eager one, and its compiles (about 90 s for the main job's three tasks) were
     repaid within the main job; in fp32 the compiled step ran 1.02-1.09x there and 0.98x-1.035x
     on a 2-core AVX2 EPYC (medians of 3 rounds, two runs), which does not repay them. On a
-    2-core AVX-512 EPYC it ran 1.10-1.27x eager in fp32 (three runs); whether that repays the
-    compiles over a whole run is not measured, so fp32 stays eager on every CPU. On GPUs it is
-    not measured yet, so 'auto' leaves it off there (``true`` turns it on)."""
+    2-core AVX-512 EPYC it ran 1.10-1.27x eager in fp32 (median rounds, three runs); whether
+    that repays the compiles over a whole run is not measured, so fp32 stays eager on every
+    CPU. On GPUs it is not measured yet, so 'auto' leaves it off there (``true`` turns it on)."""
     if requested == "auto":
         return device.type == "cpu" and precision == "bf16"
     return bool(requested)
