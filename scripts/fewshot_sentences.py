@@ -17,6 +17,8 @@ For each task, K and seed, one support set (K train examples per class, drawn by
   encoder are fine-tuned on the support set (SetFit's end-to-end variant);
 - `full + pairs, head only`: `--init full --pair-rounds 20 --pair-head-only`, SetFit's recipe
   inside adapt (pairs train the whole encoder, then only the head is fitted);
+- `full + pairs, encoder lr 2e-5`: `full + pairs` with the encoder at SetFit's body learning
+  rate (2e-5, in the pairs and after them) instead of adapt's 5e-5;
 - `SetFit` (when the `setfit` package is installed: `pip install -e ".[bench]"`): setfit's
   Trainer on the same encoder's sentence-transformers files, 20 pair iterations, 1 epoch,
   batch 16, logistic-regression head, its defaults otherwise.
@@ -45,7 +47,8 @@ METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
            "adapt + pairs, lr 3e-4": {"pair_rounds": 20, "lr": 3e-4},
            "adapt + pairs, lr 3e-4, head only": {"pair_rounds": 20, "lr": 3e-4, "pair_head_only": True},
            "full + pairs": {"init": "full", "pair_rounds": 20},
-           "full + pairs, head only": {"init": "full", "pair_rounds": 20, "pair_head_only": True}, "SetFit": None}
+           "full + pairs, head only": {"init": "full", "pair_rounds": 20, "pair_head_only": True},
+           "full + pairs, encoder lr 2e-5": {"init": "full", "pair_rounds": 20, "encoder_lr": 2e-5}, "SetFit": None}
 
 
 def build_entity_type_task(directory: Path) -> Path:
