@@ -551,11 +551,6 @@ def run_rounds(runs: dict, rounds: int) -> dict:
     return rows
 
 
-def paired_ratios(ours: list[float], trainer: list[float]) -> list[float]:
-    """Round-by-round ratios of two configurations' speeds."""
-    return [a / b for a, b in zip(ours, trainer, strict=True)]
-
-
 def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_size: int, steps: int, warmup: int) -> None:
     # Against the Trainer's fastest stock setting in the same precision; by samples/s and by real
     # tokens/s, since the two trainers' timed batches hold different sentences.
@@ -571,14 +566,14 @@ def training_table(train_rows: dict, out: dict, flops_per_token: float, batch_si
         row["fraction_of_peak"] = row["gflops"] / out["matmul_gflops"][precision]
         row["vs_trainer_group_by_length"] = row["samples_per_s"] / base["samples_per_s"]
         row["vs_trainer_group_by_length_tokens"] = row["tokens_per_s"] / base["tokens_per_s"]
-        spread = row.get("rounds_samples_per_s")
-        if spread and base.get("rounds_samples_per_s") and row is not base:
-            # Round r of a row against round r of its Trainer: run minutes apart, the two share
-            # a slow spell of a shared machine, so this range shows how far one run can be off.
-            row["rounds_vs_trainer_group_by_length"] = paired_ratios(spread, base["rounds_samples_per_s"])
-        spread = f"   rounds {min(spread):.1f}-{max(spread):.1f}" if spread else ""
-        paired = row.get("rounds_vs_trainer_group_by_length")
-        if paired:
+        rounds, spread = row.get("rounds_samples_per_s"), ""
+        if rounds:
+            spread = f"   rounds {min(rounds):.1f}-{max(rounds):.1f}"
+        if rounds and row is not base:
+            # Round r against the Trainer's round r: run back to back, the two share a slow spell
+            # of a shared machine, so this range shows how far a single run can be off.
+            paired = [ours / trainer for ours, trainer in zip(rounds, base["rounds_samples_per_s"], strict=True)]
+            row["rounds_vs_trainer_group_by_length"] = paired
             spread += f", per round {min(paired):.2f}x-{max(paired):.2f}x"
         print(f"{name:28s} {row['samples_per_s']:10.1f} {row['tokens_per_s']:10.0f} {row['tokens_per_sample']:10.1f} "
               f"{row['gflops']:8.1f} {100 * row['fraction_of_peak']:6.1f}% {row['vs_trainer_group_by_length']:25.2f}x "
