@@ -19,6 +19,9 @@ For each task, K and seed, one support set (K train examples per class, drawn by
   inside adapt (pairs train the whole encoder, then only the head is fitted);
 - `full + pairs, encoder lr 2e-5`: `full + pairs` with the encoder at SetFit's body learning
   rate (2e-5, in the pairs and after them) instead of adapt's 5e-5;
+- `adapt + pairs, houlsby rf4, lr 3e-4`: `adapt + pairs, lr 3e-4` on a fresh Houlsby adapter four
+  times as wide as the default (reduction factor 4 instead of 16); `adapt + pairs, lora r16 all`
+  (and `..., lr 3e-4`): on a fresh LoRA adapter of rank 16 on every linear layer instead;
 - `SetFit` (when the `setfit` package is installed: `pip install -e ".[bench]"`): setfit's
   Trainer on the same encoder's sentence-transformers files, 20 pair iterations, 1 epoch,
   batch 16, logistic-regression head, its defaults otherwise.
@@ -42,13 +45,23 @@ from pathlib import Path
 import numpy as np
 
 TASKS = ["trec_coarse", "sst2", "trec_fine", "conll_entity_type"]
+# LoRA of rank 16 (alpha 16) on every linear layer of every block.
+LORA_ALL = {"rank": 16, "alpha": 16, "target_modules": ["query", "key", "value", "attention_output", "intermediate",
+                                                        "ffn_output"]}
 # adapt's settings per method (SetFit runs the setfit package instead).
 METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
            "adapt + pairs, lr 3e-4": {"pair_rounds": 20, "lr": 3e-4},
            "adapt + pairs, lr 3e-4, head only": {"pair_rounds": 20, "lr": 3e-4, "pair_head_only": True},
            "full + pairs": {"init": "full", "pair_rounds": 20},
            "full + pairs, head only": {"init": "full", "pair_rounds": 20, "pair_head_only": True},
-           "full + pairs, encoder lr 2e-5": {"init": "full", "pair_rounds": 20, "encoder_lr": 2e-5}, "SetFit": None}
+           "full + pairs, encoder lr 2e-5": {"init": "full", "pair_rounds": 20, "encoder_lr": 2e-5},
+           # Bigger fresh adapters than adapt's default (Houlsby, reduction factor 16): 'adapter'
+           # is the (type, options) the fresh adapter is built from; the rest are AdaptSettings.
+           "adapt + pairs, houlsby rf4, lr 3e-4": {"adapter": ("houlsby", {"reduction_factor": 4}),
+                                                   "pair_rounds": 20, "lr": 3e-4},
+           "adapt + pairs, lora r16 all": {"adapter": ("lora", LORA_ALL), "pair_rounds": 20},
+           "adapt + pairs, lora r16 all, lr 3e-4": {"adapter": ("lora", LORA_ALL), "pair_rounds": 20, "lr": 3e-4},
+           "SetFit": None}
 
 
 def build_entity_type_task(directory: Path) -> Path:
@@ -82,9 +95,13 @@ def load_task(name: str, test_limit: int | None, tokenizer, built: Path):
 def adapt_scores(task, shots: int, seeds: list[int], method: dict, encoder_path: str) -> list[float]:
     from nlp_mtl.backbone import load_encoder, load_tokenizer
     from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt
-    from nlp_mtl.model import MultiTaskModel
+    from nlp_mtl.model import AdapterSetup, MultiTaskModel
 
     model = MultiTaskModel(load_encoder(encoder_path), [], load_tokenizer(encoder_path))
+    method = dict(method)
+    if "adapter" in method:  # else adapt installs its default fresh adapter
+        kind, options = method.pop("adapter")
+        model.install_adapters(AdapterSetup(kind, dict(options), []))
     settings = AdaptSettings(shots=shots, seeds=tuple(seeds), **{"init": "fresh", **method},
                              allow_short_classes=True)  # TREC-50's rare classes: all they have, for every method
     summary = few_shot_adapt(model, task, settings)
