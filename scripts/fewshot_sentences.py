@@ -92,16 +92,26 @@ def load_task(name: str, test_limit: int | None, tokenizer, built: Path):
     return load_new_task(load_task_spec(path), default_data_root(), tokenizer, test_limit)
 
 
+def split_method(method: dict):
+    """A method's fresh adapter (None: adapt's default) and its AdaptSettings keywords."""
+    from nlp_mtl.model import AdapterSetup
+
+    settings = {k: v for k, v in method.items() if k != "adapter"}
+    if "adapter" not in method:
+        return None, settings
+    kind, options = method["adapter"]
+    return AdapterSetup(kind, dict(options), []), settings
+
+
 def adapt_scores(task, shots: int, seeds: list[int], method: dict, encoder_path: str) -> list[float]:
     from nlp_mtl.backbone import load_encoder, load_tokenizer
     from nlp_mtl.fewshot.adapt import AdaptSettings, few_shot_adapt
-    from nlp_mtl.model import AdapterSetup, MultiTaskModel
+    from nlp_mtl.model import MultiTaskModel
 
     model = MultiTaskModel(load_encoder(encoder_path), [], load_tokenizer(encoder_path))
-    method = dict(method)
-    if "adapter" in method:  # else adapt installs its default fresh adapter
-        kind, options = method.pop("adapter")
-        model.install_adapters(AdapterSetup(kind, dict(options), []))
+    adapter, method = split_method(method)
+    if adapter is not None:  # else adapt installs its default fresh adapter
+        model.install_adapters(adapter)
     settings = AdaptSettings(shots=shots, seeds=tuple(seeds), **{"init": "fresh", **method},
                              allow_short_classes=True)  # TREC-50's rare classes: all they have, for every method
     summary = few_shot_adapt(model, task, settings)

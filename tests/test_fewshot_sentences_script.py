@@ -12,7 +12,6 @@ from nlp_mtl.backbone import load_tokenizer
 from nlp_mtl.config import load_task_spec
 from nlp_mtl.fewshot import adapt
 from nlp_mtl.fewshot.adapt import AdaptSettings, load_new_task
-from nlp_mtl.model import AdapterSetup
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fewshot_sentences.py"
 
@@ -25,14 +24,12 @@ def _script():
 
 
 def test_every_method_is_valid_settings_and_adapter():
-    for name, method in _script().METHODS.items():
+    module = _script()
+    for method in module.METHODS.values():
         if method is None:  # SetFit: the setfit package, not adapt
             continue
-        method = dict(method)
-        if "adapter" in method:
-            kind, options = method.pop("adapter")
-            AdapterSetup(kind, dict(options), [])  # parses the options: a typo fails here
-        AdaptSettings(**method)
+        _, settings = module.split_method(method)  # AdapterSetup parses the options: a typo fails here
+        AdaptSettings(**settings)
 
 
 @pytest.mark.parametrize("method, kind", [("adapt + pairs, lr 3e-4", "houlsby"), ("adapt + pairs, lora r16 all", "lora")])
@@ -42,9 +39,9 @@ def test_a_method_gets_the_adapter_it_names(data_dir, tiny_bert, monkeypatch, me
     real = adapt.few_shot_adapt
 
     def spy(model, task, settings, *args, **kwargs):
-        seen.append((model.adapter_setup.type if model.adapter_setup else None, settings.pair_rounds))
+        before = model.adapter_setup.type if model.adapter_setup else None
         summary = real(model, task, settings, *args, **kwargs)
-        seen.append(model.adapter_setup.type)
+        seen.append((before, model.adapter_setup.type, settings.pair_rounds))
         return summary
 
     monkeypatch.setattr(adapt, "few_shot_adapt", spy)
@@ -53,4 +50,4 @@ def test_a_method_gets_the_adapter_it_names(data_dir, tiny_bert, monkeypatch, me
     scores = module.adapt_scores(task, 4, [1, 2], module.METHODS[method], str(tiny_bert))
     assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
     # Installed before adapt (LoRA) or by adapt's default (Houlsby); the pair stage ran either way.
-    assert seen[0] == ("lora" if kind == "lora" else None, 20) and seen[1] == kind
+    assert seen == [("lora" if kind == "lora" else None, kind, 20)]
