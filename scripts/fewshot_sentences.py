@@ -61,6 +61,10 @@ METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
                                                    "pair_rounds": 20, "lr": 3e-4},
            "adapt + pairs, lora r16 all": {"adapter": ("lora", LORA_ALL), "pair_rounds": 20},
            "adapt + pairs, lora r16 all, lr 3e-4": {"adapter": ("lora", LORA_ALL), "pair_rounds": 20, "lr": 3e-4},
+           # SetFit's schedule in the pair stage: warm up over a tenth, then decay to 0.
+           "adapt + pairs, linear": {"pair_rounds": 20, "pair_schedule": "linear"},
+           "adapt + pairs, lr 3e-4, linear": {"pair_rounds": 20, "lr": 3e-4, "pair_schedule": "linear"},
+           "full + pairs, linear": {"init": "full", "pair_rounds": 20, "pair_schedule": "linear"},
            "SetFit": None}
 
 

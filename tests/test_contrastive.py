@@ -106,3 +106,41 @@ def test_pair_head_only_freezes_the_adapter_after_the_pairs(data_dir, tiny_bert,
         after_pairs, after_fine_tuning = snapshots
         same = all(torch.equal(after_pairs[k], after_fine_tuning[k]) for k in after_pairs)
         assert same == head_only
+
+
+def test_linear_pair_schedule_warms_up_then_decays_to_zero():
+    from nlp_mtl.fewshot.adapt import linear_warmup_decay
+
+    factor = [linear_warmup_decay(20)(step) for step in range(20)]
+    assert factor[:2] == [0.5, 1.0]  # a tenth of 20 steps: 2 of warm-up
+    assert all(a > b for a, b in zip(factor[1:], factor[2:]))
+    assert 0 < factor[-1] < 0.1
+
+
+def test_pair_schedule_reaches_the_pair_stage_only(data_dir, tiny_bert, monkeypatch):
+    import pytest
+
+    from nlp_mtl.errors import UserError
+    from nlp_mtl.fewshot import adapt
+
+    with pytest.raises(UserError, match="--pair-schedule: expected one of constant, linear"):
+        AdaptSettings(pair_schedule="cosine")
+    rates: list[list[float]] = []
+    original = torch.optim.lr_scheduler.LambdaLR
+
+    class Recording(original):
+        def step(self, *args, **kwargs):
+            super().step(*args, **kwargs)
+            rates[-1].append(self.optimizer.param_groups[0]["lr"])
+
+    def record(optimizer, factor):
+        rates.append([])
+        return Recording(optimizer, factor)
+
+    monkeypatch.setattr(adapt.torch.optim.lr_scheduler, "LambdaLR", record)
+    few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                   AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=5, pair_schedule="linear"))
+    pairs, fine_tune = rates  # 8 examples x 5 rounds x 2 pairs = 80 pairs = 5 steps, then the fine-tuning
+    # The rates of the five pair steps (one of warm-up), then the one after the last.
+    assert pairs == pytest.approx([1e-3, 8e-4, 6e-4, 4e-4, 2e-4, 0.0])
+    assert set(fine_tune) == {1e-3}

@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ from .prototypes import init_head_from_prototypes, labelled_features
 DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 UPDATES = ("recipe", "rule")
+PAIR_SCHEDULES = ("constant", "linear")
 TOKEN_HEADS = ("linear", "nearest")
 
 
@@ -94,6 +95,9 @@ class AdaptSettings:
     # After the contrastive stage, fine-tune the head alone (SetFit fits only its classifier
     # on the trained embeddings) instead of head and adapter.
     pair_head_only: bool = False
+    # The contrastive stage's learning rate: 'constant', or 'linear': warm up over its first
+    # tenth, then decay to 0 (SetFit's, sentence-transformers' WarmupLinear).
+    pair_schedule: str = "constant"
     # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
     # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
     allow_short_classes: bool = False
@@ -119,6 +123,8 @@ class AdaptSettings:
             raise UserError(f"--update: expected one of {', '.join(UPDATES)}, got {self.update!r}.")
         if self.token_head not in TOKEN_HEADS:
             raise UserError(f"--token-head: expected one of {', '.join(TOKEN_HEADS)}, got {self.token_head!r}.")
+        if self.pair_schedule not in PAIR_SCHEDULES:
+            raise UserError(f"--pair-schedule: expected one of {', '.join(PAIR_SCHEDULES)}, got {self.pair_schedule!r}.")
         if self.pair_rounds < 0:
             raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
@@ -248,7 +254,7 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
         pairs = PairBatches(task, indices, settings.pair_rounds, settings.batch_size, seed, pad_id, device)
         steps += _run_engine(model, [{"params": body, "lr": body_lr}], pairs,
                              lambda autocast: CosinePairLoss(model, task.name, autocast), len(pairs), task.name,
-                             settings, curve)
+                             settings, curve, schedule=settings.pair_schedule)
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
 
     def loss(autocast: Any) -> TaskLoss:
@@ -303,19 +309,34 @@ def one_label_per_example(task: PreparedTask) -> bool:
 
 
 def _run_engine(model: MultiTaskModel, groups: list[dict[str, Any]], source: Any, loss: Any, steps: int, name: str,
-                settings: AdaptSettings, curve: RecordList, sgd: bool = False) -> int:
-    """``steps`` optimizer steps of AdamW (clipped at norm 1), or with ``sgd`` of plain SGD, at
-    constant rates over ``groups``; the loss curve (about every tenth of the steps) goes into ``curve``."""
+                settings: AdaptSettings, curve: RecordList, sgd: bool = False, schedule: str = "constant") -> int:
+    """``steps`` optimizer steps of AdamW (clipped at norm 1), or with ``sgd`` of plain SGD, over
+    ``groups`` at their rates, constant or on the 'linear' schedule (``linear_warmup_decay``);
+    the loss curve (about every tenth of the steps) goes into ``curve``."""
     optimizer = torch.optim.SGD(groups) if sgd else torch.optim.AdamW(groups, weight_decay=0.01)
     # The model stays where adapt put it (its device), so only the precision is accelerate's.
     accelerator, _ = make_accelerator(settings.mixed_precision, 1, Path(os.devnull), [])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    factor = linear_warmup_decay(steps) if schedule == "linear" else (lambda _: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     engine = Engine(accelerator, model, optimizer, scheduler, source, loss(accelerator.autocast),
                     NonFiniteGuard("stop", JsonlLog(Path(os.devnull), False),
                                    lambda: "this seed's adaptation is dropped", "--lr"),
                     [ThroughputMeter(), LossLogger([name], max(1, steps // 10), curve, trackers=False)],
                     steps, max_grad_norm=0.0 if sgd else 1.0)
     return engine.fit().step
+
+
+def linear_warmup_decay(steps: int, warmup: float = 0.1) -> Callable[[int], float]:
+    """The rate's factor at each step: up from 0 over the first ``warmup`` of ``steps``, then
+    down in equal steps, reaching 0 just after the last (SetFit's, sentence-transformers'
+    WarmupLinear, shifted by one so that neither the first nor the last step is wasted at 0)."""
+    ramp = max(1, math.ceil(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return max(0.0, (steps - step) / (steps - ramp + 1))
+    return factor
 
 
 def _support_score(model: MultiTaskModel, task: PreparedTask, indices: list[int], metric: str, pad_id: int,
