@@ -122,6 +122,9 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--pair-schedule", default="constant", choices=["constant", "linear"],
                    help="the pairs' learning rate: constant (default), or linear: warm up over the first tenth of "
                         "the pair steps, then decay to 0, as SetFit does")
+    p.add_argument("--pair-sampling", default="setfit", choices=["setfit", "in_batch"],
+                   help="the pairs: setfit (default: each round, every support example with one of its class and "
+                        "one of another) or in_batch (every pair within batches of support sentences)")
     p.add_argument("--pair-head-only", action="store_true",
                    help="after the pairs, fine-tune the head alone, as SetFit fits only its classifier")
     p.add_argument("--update", default="recipe", choices=["recipe", "rule"],
@@ -364,7 +367,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                              init_scale=args.init_scale, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                              mixed_precision=args.mixed_precision, pair_rounds=args.pair_rounds,
                              pair_head_only=args.pair_head_only, pair_schedule=args.pair_schedule,
-                             update=args.update, token_head=args.token_head)
+                             pair_sampling=args.pair_sampling, update=args.update, token_head=args.token_head)
     spec = load_task_spec(resolve_task_path(args.task))
     run = RunDir(args.run_dir)
     from .run_dir import check_target

@@ -65,6 +65,9 @@ METHODS = {"adapt": {}, "adapt + pairs": {"pair_rounds": 20},
            "adapt + pairs, linear": {"pair_rounds": 20, "pair_schedule": "linear"},
            "adapt + pairs, lr 3e-4, linear": {"pair_rounds": 20, "lr": 3e-4, "pair_schedule": "linear"},
            "full + pairs, linear": {"init": "full", "pair_rounds": 20, "pair_schedule": "linear"},
+           # Every pair within batches of 32 support sentences instead of SetFit's sampled pairs.
+           "full + in-batch pairs": {"init": "full", "pair_rounds": 20, "pair_sampling": "in_batch"},
+           "adapt + in-batch pairs, lr 3e-4": {"pair_rounds": 20, "lr": 3e-4, "pair_sampling": "in_batch"},
            "SetFit": None}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from nlp_mtl.backbone import load_encoder, load_tokenizer
@@ -79,8 +80,6 @@ def test_adapt_runs_the_pair_stage_for_sentence_tasks_only(data_dir, tiny_bert):
 
 
 def test_pair_rounds_must_not_be_negative(capsys):
-    import pytest
-
     from nlp_mtl.errors import UserError
 
     with pytest.raises(UserError, match="--pair-rounds"):
@@ -118,8 +117,6 @@ def test_linear_pair_schedule_warms_up_then_decays_to_zero():
 
 
 def test_pair_schedule_reaches_the_pair_stage_only(data_dir, tiny_bert, monkeypatch):
-    import pytest
-
     from nlp_mtl.errors import UserError
     from nlp_mtl.fewshot import adapt
 
@@ -144,3 +141,58 @@ def test_pair_schedule_reaches_the_pair_stage_only(data_dir, tiny_bert, monkeypa
     # The rates of the five pair steps (one of warm-up), then the one after the last.
     assert pairs == pytest.approx([1e-3, 8e-4, 6e-4, 4e-4, 2e-4, 0.0])
     assert set(fine_tune) == {1e-3}
+
+
+def test_in_batch_loss_scores_every_pair_half_positives_half_negatives():
+    import contextlib
+    from types import SimpleNamespace
+
+    from nlp_mtl.fewshot.contrastive import InBatchPairLoss
+    from nlp_mtl.training.engine import Batch
+
+    class Identity:  # the "encoder" returns its input ids as the pooled features
+        tasks = {"t": SimpleNamespace(adapter=None)}
+        heads = {"t": SimpleNamespace(features=lambda hidden, mask: hidden)}
+
+        def encode_through(self, adapter, ids, mask, token_types):
+            return ids
+
+    def loss(features, labels):
+        inputs = {"input_ids": torch.tensor(features), "attention_mask": None, "labels": torch.tensor(labels)}
+        return float(InBatchPairLoss(Identity(), "t", contextlib.nullcontext)(Batch("t", inputs, len(labels), 0))[0])
+
+    # Classes on orthogonal axes: every same-class pair at cosine 1, every other pair at 0.
+    assert loss([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]], [0, 0, 1, 1]) == 0.0
+    # Swapped: same-class pairs at 0 (error 1 each), other pairs half at 1 and half at 0 (mean 0.5).
+    assert loss([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 1, 1]) == 0.75
+    # Three sentences of one class: no negative pair, the positives alone.
+    assert loss([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 0]) == pytest.approx(2 / 3)
+
+
+def test_in_batch_sampling_takes_setfits_steps_on_labelled_support_batches(data_dir, tiny_bert, monkeypatch):
+    from nlp_mtl.errors import UserError
+    from nlp_mtl.fewshot import adapt
+    from nlp_mtl.fewshot.contrastive import InBatchPairLoss
+
+    with pytest.raises(UserError, match="--pair-sampling: expected one of setfit, in_batch"):
+        AdaptSettings(pair_sampling="all")
+    seen: list[tuple[str, str, int, int]] = []  # loss, batch source, steps, sentences in the first batch
+    original = adapt._run_engine
+
+    def recording(model, groups, source, loss, steps, *args, **kwargs):
+        seen.append((type(loss(lambda: None)).__name__, type(source).__name__, steps,
+                     source.batch_at(0).inputs["input_ids"].shape[0]))
+        return original(model, groups, source, loss, steps, *args, **kwargs)
+
+    monkeypatch.setattr(adapt, "_run_engine", recording)
+    setfit = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                            AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2))
+    pairs_stage = seen[0]
+    seen.clear()
+    in_batch = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
+                              AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2, pair_sampling="in_batch"))
+    # 8 examples: SetFit's 32 pairs in 2 steps of 16 pairs (32 sentences); in-batch, the same 2
+    # steps, each on all 8 support sentences (fewer than 32) and their 28 pairs.
+    assert pairs_stage == ("CosinePairLoss", "PairBatches", 2, 32)
+    assert seen[0] == (InBatchPairLoss.__name__, "SupportBatches", 2, 8)
+    assert in_batch.seeds[0].steps == setfit.seeds[0].steps

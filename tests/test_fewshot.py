@@ -584,11 +584,11 @@ def test_adapt_defaults_agree_across_cli_python_api_and_settings():
     settings = AdaptSettings()
     cli = _parser().parse_args(["adapt", "RUN", "--task", "T"])
     for name in ("shots", "init", "init_scale", "epochs", "max_steps", "lr", "mixed_precision", "pair_rounds",
-                 "pair_head_only", "pair_schedule", "update", "token_head"):
+                 "pair_head_only", "pair_schedule", "pair_sampling", "update", "token_head"):
         assert getattr(cli, name) == getattr(settings, name), name
     api = inspect.signature(nlp_mtl.adapt).parameters
     for name in ("shots", "init", "init_scale", "mixed_precision", "pair_rounds", "pair_head_only", "pair_schedule",
-                 "update", "token_head"):
+                 "pair_sampling", "update", "token_head"):
         assert api[name].default == getattr(settings, name), name
     assert tuple(range(1, cli.seeds + 1)) == tuple(range(1, api["seeds"].default + 1)) == settings.seeds
     assert (cli.init, cli.init_scale) == ("auto", 0.5)

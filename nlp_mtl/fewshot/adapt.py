@@ -58,7 +58,7 @@ from ..training.callbacks import JsonlLog, LossLogger, RecordList, ThroughputMet
 from ..training.engine import Batch, Engine
 from ..training.guard import NonFiniteGuard
 from ..training.trainer import TaskLoss
-from .contrastive import CosinePairLoss, PairBatches
+from .contrastive import CosinePairLoss, InBatchPairLoss, PairBatches
 from .episodes import ClassIndex, support_set
 from .meta import META_GROUP, class_index
 from .prototypes import init_head_from_prototypes, labelled_features
@@ -67,6 +67,7 @@ DEFAULT_FRESH_ADAPTER = ("houlsby", {"reduction_factor": 16})
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 UPDATES = ("recipe", "rule")
 PAIR_SCHEDULES = ("constant", "linear")
+PAIR_SAMPLINGS = ("setfit", "in_batch")
 TOKEN_HEADS = ("linear", "nearest")
 
 
@@ -98,6 +99,10 @@ class AdaptSettings:
     # The contrastive stage's learning rate: 'constant', or 'linear': warm up over its first
     # tenth, then decay to 0 (SetFit's, sentence-transformers' WarmupLinear).
     pair_schedule: str = "constant"
+    # Which pairs the contrastive stage trains on: 'setfit' (each round, every support example
+    # with one of its class and one of another) or 'in_batch' (every pair within batches of
+    # twice ``batch_size`` support sentences, as many steps as 'setfit' takes).
+    pair_sampling: str = "setfit"
     # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
     # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
     allow_short_classes: bool = False
@@ -125,6 +130,8 @@ class AdaptSettings:
             raise UserError(f"--token-head: expected one of {', '.join(TOKEN_HEADS)}, got {self.token_head!r}.")
         if self.pair_schedule not in PAIR_SCHEDULES:
             raise UserError(f"--pair-schedule: expected one of {', '.join(PAIR_SCHEDULES)}, got {self.pair_schedule!r}.")
+        if self.pair_sampling not in PAIR_SAMPLINGS:
+            raise UserError(f"--pair-sampling: expected one of {', '.join(PAIR_SAMPLINGS)}, got {self.pair_sampling!r}.")
         if self.pair_rounds < 0:
             raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
@@ -252,8 +259,12 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     steps = 0
     if settings.pair_rounds and one_label_per_example(task):
         pairs = PairBatches(task, indices, settings.pair_rounds, settings.batch_size, seed, pad_id, device)
-        steps += _run_engine(model, [{"params": body, "lr": body_lr}], pairs,
-                             lambda autocast: CosinePairLoss(model, task.name, autocast), len(pairs), task.name,
+        source, pair_loss = pairs, CosinePairLoss
+        if settings.pair_sampling == "in_batch":  # same steps and sentences per step, every pair of each batch
+            source = SupportBatches(task, indices, 2 * settings.batch_size, len(pairs), seed, pad_id, device)
+            pair_loss = InBatchPairLoss
+        steps += _run_engine(model, [{"params": body, "lr": body_lr}], source,
+                             lambda autocast: pair_loss(model, task.name, autocast), len(pairs), task.name,
                              settings, curve, schedule=settings.pair_schedule)
     init_head_from_prototypes(model.heads[task.name], *_support_features(model, task, indices, pad_id, device))
 
