@@ -72,8 +72,8 @@ def meta_train(config: str | Path | ExperimentConfig, output_dir: str | Path | N
 def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, seeds: int = 5, init: str = "auto",
           data_root: str | Path | None = None, test_limit: int | None = None, quiet: bool = True,
           init_scale: float = 0.5, mixed_precision: str = "no", pair_rounds: int = 0,
-          pair_head_only: bool = False, pair_schedule: str = "constant", pair_sampling: str = "setfit", update: str = "recipe",
-          token_head: str = "linear") -> Any:
+          pair_head_only: bool = False, pair_schedule: str = "constant", pair_sampling: str = "setfit",
+          update: str = "recipe", token_head: str = "linear") -> Any:
     """Few-shot adaptation to a new task, once per seed (1..seeds); returns an ``AdaptSummary``
     with every seed's metrics and report, and their mean and std. ``init_scale`` starts a
     trained adapter from its delta times that factor (``adapt --init-scale``); ``pair_rounds``
@@ -89,6 +89,6 @@ def adapt(run_dir: str | Path, task: str | Path | TaskSpec, shots: int = 16, see
     spec = task if isinstance(task, TaskSpec) else load_task_spec(resolve_task_path(str(task)))
     settings = AdaptSettings(shots=shots, seeds=tuple(range(1, seeds + 1)), init=init, init_scale=init_scale,
                              mixed_precision=mixed_precision, pair_rounds=pair_rounds,
-                             pair_head_only=pair_head_only, pair_schedule=pair_schedule, pair_sampling=pair_sampling, update=update,
-                             token_head=token_head)
+                             pair_head_only=pair_head_only, pair_schedule=pair_schedule,
+                             pair_sampling=pair_sampling, update=update, token_head=token_head)
     return adapt_run(run_dir, spec, settings, data_root, test_limit, quiet=quiet)[1]

@@ -118,13 +118,15 @@ def _add_adapt_parser(sub: Any, fmt: type) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="adapter and head learning rate")
     p.add_argument("--pair-rounds", type=int, default=0, metavar="N",
                    help="sentence tasks: N rounds of contrastive pairs from the support set (SetFit's sampling) that "
-                        "train the adapter (the encoder with --init full) before the head is fitted (default 0: none)")
+                        "train the adapter (the encoder with --init full) before the head is fitted (default 0: none; "
+                        "with --pair-sampling in_batch, N sets the number of steps)")
     p.add_argument("--pair-schedule", default="constant", choices=["constant", "linear"],
                    help="the pairs' learning rate: constant (default), or linear: warm up over the first tenth of "
                         "the pair steps, then decay to 0, as SetFit does")
     p.add_argument("--pair-sampling", default="setfit", choices=["setfit", "in_batch"],
                    help="the pairs: setfit (default: each round, every support example with one of its class and "
-                        "one of another) or in_batch (every pair within batches of support sentences)")
+                        "one of another) or in_batch (every pair within batches of up to 32 support sentences, for as "
+                        "many steps)")
     p.add_argument("--pair-head-only", action="store_true",
                    help="after the pairs, fine-tune the head alone, as SetFit fits only its classifier")
     p.add_argument("--update", default="recipe", choices=["recipe", "rule"],

@@ -138,7 +138,8 @@ def test_pair_schedule_reaches_the_pair_stage_only(data_dir, tiny_bert, monkeypa
     few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
                    AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=5, pair_schedule="linear"))
     pairs, fine_tune = rates  # 8 examples x 5 rounds x 2 pairs = 80 pairs = 5 steps, then the fine-tuning
-    # The rates of the five pair steps (one of warm-up), then the one after the last.
+    # The rates of the five pair steps (a tenth of 5 rounds up to one warm-up step, which
+    # already reaches the full rate), then the one after the last.
     assert pairs == pytest.approx([1e-3, 8e-4, 6e-4, 4e-4, 2e-4, 0.0])
     assert set(fine_tune) == {1e-3}
 
@@ -185,14 +186,16 @@ def test_in_batch_sampling_takes_setfits_steps_on_labelled_support_batches(data_
         return original(model, groups, source, loss, steps, *args, **kwargs)
 
     monkeypatch.setattr(adapt, "_run_engine", recording)
+    # Batches of 2 pairs, so that the 8 support sentences are more than an in-batch batch takes.
     setfit = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
-                            AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2))
+                            AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2, batch_size=2))
     pairs_stage = seen[0]
     seen.clear()
     in_batch = few_shot_adapt(_bare_model(tiny_bert), _task(data_dir, tiny_bert, "toy_sent"),
-                              AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2, pair_sampling="in_batch"))
-    # 8 examples: SetFit's 32 pairs in 2 steps of 16 pairs (32 sentences); in-batch, the same 2
-    # steps, each on all 8 support sentences (fewer than 32) and their 28 pairs.
-    assert pairs_stage == ("CosinePairLoss", "PairBatches", 2, 32)
-    assert seen[0] == (InBatchPairLoss.__name__, "SupportBatches", 2, 8)
+                              AdaptSettings(shots=4, seeds=(1,), init="fresh", pair_rounds=2, batch_size=2,
+                                            pair_sampling="in_batch"))
+    # 8 examples x 2 rounds x 2 pairs = 32 pairs: 16 steps of 2 pairs (4 sentences); in-batch, the
+    # same 16 steps, each on 4 support sentences and their 6 pairs.
+    assert pairs_stage == ("CosinePairLoss", "PairBatches", 16, 4)
+    assert seen[0] == (InBatchPairLoss.__name__, "SupportBatches", 16, 4)
     assert in_batch.seeds[0].steps == setfit.seeds[0].steps

@@ -38,7 +38,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +101,9 @@ class AdaptSettings:
     # tenth, then decay to 0 (SetFit's, sentence-transformers' WarmupLinear).
     pair_schedule: str = "constant"
     # Which pairs the contrastive stage trains on: 'setfit' (each round, every support example
-    # with one of its class and one of another) or 'in_batch' (every pair within batches of
-    # twice ``batch_size`` support sentences, as many steps as 'setfit' takes).
+    # with one of its class and one of another) or 'in_batch' (every pair within shuffled
+    # batches of up to twice ``batch_size`` support sentences, for as many steps as 'setfit'
+    # takes: ``pair_rounds`` then only sets the number of steps).
     pair_sampling: str = "setfit"
     # Take every example of a class that has fewer than ``shots`` (benchmarks on TREC-50's rare
     # classes) instead of refusing, which is what `adapt` does: K shots would quietly be fewer.
@@ -129,9 +131,11 @@ class AdaptSettings:
         if self.token_head not in TOKEN_HEADS:
             raise UserError(f"--token-head: expected one of {', '.join(TOKEN_HEADS)}, got {self.token_head!r}.")
         if self.pair_schedule not in PAIR_SCHEDULES:
-            raise UserError(f"--pair-schedule: expected one of {', '.join(PAIR_SCHEDULES)}, got {self.pair_schedule!r}.")
+            raise UserError(f"--pair-schedule: expected one of {', '.join(PAIR_SCHEDULES)}, "
+                            f"got {self.pair_schedule!r}.")
         if self.pair_sampling not in PAIR_SAMPLINGS:
-            raise UserError(f"--pair-sampling: expected one of {', '.join(PAIR_SAMPLINGS)}, got {self.pair_sampling!r}.")
+            raise UserError(f"--pair-sampling: expected one of {', '.join(PAIR_SAMPLINGS)}, "
+                            f"got {self.pair_sampling!r}.")
         if self.pair_rounds < 0:
             raise UserError(f"--pair-rounds: expected an integer >= 0 (0: no contrastive stage), got {self.pair_rounds}.")
 
@@ -260,7 +264,7 @@ def _fine_tune(model: MultiTaskModel, task: PreparedTask, indices: list[int], se
     if settings.pair_rounds and one_label_per_example(task):
         pairs = PairBatches(task, indices, settings.pair_rounds, settings.batch_size, seed, pad_id, device)
         source, pair_loss = pairs, CosinePairLoss
-        if settings.pair_sampling == "in_batch":  # same steps and sentences per step, every pair of each batch
+        if settings.pair_sampling == "in_batch":  # SetFit's steps and batch width; every pair of each batch
             source = SupportBatches(task, indices, 2 * settings.batch_size, len(pairs), seed, pad_id, device)
             pair_loss = InBatchPairLoss
         steps += _run_engine(model, [{"params": body, "lr": body_lr}], source,

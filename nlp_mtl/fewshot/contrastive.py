@@ -8,8 +8,8 @@ embedding that the prototype head then reads, instead of only moving a decision 
 
 With ``pair_sampling: in_batch`` the same objective is taken over every pair of a batch of
 support sentences instead of over sampled pairs: a batch of 32 sentences holds 496 pairs where
-SetFit's holds 16, at the same cost per step (supervised contrastive fine-tuning, Gunel et al.
-2021, draws its signal the same way).
+SetFit's batch of 32 holds 16 (supervised contrastive fine-tuning, Gunel et al. 2021, draws its
+signal the same way).
 
 Here the pairs train the task's adapter (or, with ``--init full``, the encoder) through the
 head's own pooling; adapt then initialises the head from the new prototypes and fine-tunes as
@@ -64,6 +64,14 @@ class PairBatches:
         return {}
 
 
+def pooled_features(model: MultiTaskModel, task: str, inputs: dict[str, torch.Tensor], autocast) -> torch.Tensor:
+    """The head's pooled features of a batch, through the task's adapter, in fp32."""
+    with autocast():
+        hidden = model.encode_through(model.tasks[task].adapter, inputs["input_ids"], inputs["attention_mask"],
+                                      inputs.get("token_type_ids"))
+        return model.heads[task].features(hidden, inputs["attention_mask"]).float()
+
+
 class CosinePairLoss:
     """Mean squared error between the cosine similarity of a pair's pooled embeddings (the
     head's features, through the task's adapter) and its target: SetFit's CosineSimilarityLoss."""
@@ -73,10 +81,7 @@ class CosinePairLoss:
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
         x = batch.inputs
-        with self.autocast():
-            hidden = self.model.encode_through(self.model.tasks[self.task].adapter, x["input_ids"],
-                                               x["attention_mask"], x.get("token_type_ids"))
-            features = self.model.heads[self.task].features(hidden, x["attention_mask"]).float()
+        features = pooled_features(self.model, self.task, x, self.autocast)
         a, b = features.chunk(2)
         similarity = torch.nn.functional.cosine_similarity(a, b)
         return torch.nn.functional.mse_loss(similarity, x["target"]), 1.0
@@ -92,10 +97,7 @@ class InBatchPairLoss:
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, float]:
         x = batch.inputs
-        with self.autocast():
-            hidden = self.model.encode_through(self.model.tasks[self.task].adapter, x["input_ids"],
-                                               x["attention_mask"], x.get("token_type_ids"))
-            features = self.model.heads[self.task].features(hidden, x["attention_mask"]).float()
+        features = pooled_features(self.model, self.task, x, self.autocast)
         unit = torch.nn.functional.normalize(features, dim=-1)
         similarity = unit @ unit.t()
         labels = x["labels"]
