@@ -168,6 +168,8 @@ def test_in_batch_loss_scores_every_pair_half_positives_half_negatives():
     assert loss([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 1, 1]) == 0.75
     # Three sentences of one class: no negative pair, the positives alone.
     assert loss([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 0]) == pytest.approx(2 / 3)
+    # One sentence: no pair, a zero loss.
+    assert loss([[1.0, 0.0]], [0]) == 0.0
 
 
 def test_in_batch_sampling_takes_setfits_steps_on_labelled_support_batches(data_dir, tiny_bert, monkeypatch):

@@ -592,6 +592,13 @@ def test_adapt_defaults_agree_across_cli_python_api_and_settings():
         assert api[name].default == getattr(settings, name), name
     assert tuple(range(1, cli.seeds + 1)) == tuple(range(1, api["seeds"].default + 1)) == settings.seeds
     assert (cli.init, cli.init_scale) == ("auto", 0.5)
+    # The CLI lists its choices itself (argument parsing imports no torch): they must be adapt's.
+    from nlp_mtl.fewshot import adapt
+
+    subcommands = next(a for a in _parser()._actions if a.dest == "command").choices
+    choices = {a.dest: tuple(a.choices) for a in subcommands["adapt"]._actions if a.choices}
+    assert choices["token_head"] == adapt.TOKEN_HEADS and choices["update"] == adapt.UPDATES
+    assert choices["pair_schedule"] == adapt.PAIR_SCHEDULES and choices["pair_sampling"] == adapt.PAIR_SAMPLINGS
 
 
 def test_outer_gradient_is_the_mean_over_each_meta_batch_and_episodes_fill_whole_batches(tiny_bert, data_dir,

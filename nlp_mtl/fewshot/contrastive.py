@@ -101,11 +101,12 @@ class InBatchPairLoss:
         unit = torch.nn.functional.normalize(features, dim=-1)
         similarity = unit @ unit.t()
         labels = x["labels"]
-        upper = torch.triu(torch.ones_like(similarity, dtype=torch.bool), diagonal=1)
-        same = (labels[:, None] == labels[None, :]) & upper
-        other = ~(labels[:, None] == labels[None, :]) & upper
-        parts = [((similarity[same] - 1) ** 2).mean()] if bool(same.any()) else []
-        parts += [(similarity[other] ** 2).mean()] if bool(other.any()) else []
-        if not parts:  # one sentence: no pair
-            return similarity.sum() * 0.0, 1.0
-        return torch.stack(parts).mean(), 1.0
+        upper = torch.ones_like(similarity, dtype=torch.bool).triu(diagonal=1)  # each pair once, no self-pairs
+        equal = labels[:, None] == labels[None, :]
+        positives, negatives = (equal & upper).float(), (~equal & upper).float()
+        # Masked means rather than boolean indexing: no host sync to learn how many pairs there are.
+        counts = torch.stack([positives.sum(), negatives.sum()])
+        sums = torch.stack([((similarity - 1) ** 2 * positives).sum(), (similarity ** 2 * negatives).sum()])
+        means = sums / counts.clamp(min=1)
+        # The mean of the kinds present: a batch of one class has positives only, of one sentence none.
+        return means.sum() / (counts > 0).sum().clamp(min=1), 1.0
